@@ -1,0 +1,109 @@
+"""The same IR lowered to jax.numpy: the independent reference in tests.
+
+Only values are lowered (no gdmlc derivatives, no sympy): tests differentiate
+these functions with JAX's own AD, so a disagreement points at gdmlc's AD,
+simplification or code generation.  JAX is imported lazily; it is a test
+dependency, never a run-time one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ir
+from .lower import spell
+from .parser import POSITION_VARS, S, T, DescriptorIR, KernelIR
+
+
+def _jax():
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the JAX reference needs jax: pip install -e .[test]") from exc
+    jax.config.update("jax_enable_x64", True)
+    return jax, jnp
+
+
+def _function_text(name, args, body, prologue=()):
+    """Source of ``def name(args): ...; return body`` with one line per shared node."""
+    uses = {}
+    for node in ir.topological([body]):
+        for a in node.args:
+            uses[id(a)] = uses.get(id(a), 0) + 1
+    lines = [f"def {name}({', '.join(args)}):", *[f"    {p}" for p in prologue]]
+    rename, k = {}, 0
+    for node in ir.topological([body]):
+        if node.op in ("const", "var"):
+            continue
+        rebuilt = ir.make(node.op, *[rename.get(id(a), a) for a in node.args])
+        if uses.get(id(node), 0) > 1:
+            lines.append(f"    u{k} = {spell(rebuilt, 'jax')}")
+            rename[id(node)] = ir.var(f"u{k}")
+            k += 1
+        else:
+            rename[id(node)] = rebuilt
+    lines.append(f"    return {spell(rename.get(id(body), body), 'jax')}")
+    return "\n".join(lines) + "\n"
+
+
+def descriptor_function(dir_: DescriptorIR, params_table: np.ndarray):
+    """``D(R, z=None) -> (F,)`` in jax.numpy, features ordered as the Numba kernels."""
+    jax, jnp = _jax()
+    args = list(POSITION_VARS) + ["zi", "zj"] + list(dir_.param_names)
+    source = _function_text("term", args, dir_.body)
+    namespace = {"jnp": jnp}
+    exec(compile(source, f"<gdmlc jax {dir_.source.name}>", "exec"), namespace)
+    term = namespace["term"]
+    table = jnp.asarray(params_table)
+    over = dir_.over.name
+
+    def descriptor(R, z=None):
+        n = R.shape[0]
+        if over == "pairs":
+            I, J = np.triu_indices(n, 1)
+            site_shape = (len(I), 1)
+        else:
+            I = np.repeat(np.arange(n), n - 1)
+            J = np.array([j for i in range(n) for j in range(n) if j != i])
+            site_shape = (n, n - 1, 1)
+        zf = jnp.ones(n) if z is None else jnp.asarray(z, dtype=jnp.float64)
+        pos = {f"ri_{k}": R[I, k].reshape(site_shape) for k in range(3)}
+        pos.update({f"rj_{k}": R[J, k].reshape(site_shape) for k in range(3)})
+        params = {p: table[:, k] for k, p in enumerate(dir_.param_names)}
+        values = term(**pos, zi=zf[I].reshape(site_shape), zj=zf[J].reshape(site_shape), **params)
+        values = jnp.broadcast_to(values, site_shape[:-1] + (table.shape[0],))
+        if over == "neighbours":
+            values = values.sum(axis=1)
+        return values.reshape(-1)
+
+    descriptor.source = source
+    return descriptor
+
+
+def kernel_function(kir: KernelIR):
+    """``k(d, dp, **hyper)`` in jax.numpy, with s and t computed from whole vectors."""
+    jax, jnp = _jax()
+    source = _function_text("kernel", ["d", "dp", *kir.hyper_names], kir.body,
+                            prologue=[f"{S} = jnp.sum((d - dp) ** 2)", f"{T} = jnp.sum(d * dp)"])
+    namespace = {"jnp": jnp}
+    exec(compile(source, f"<gdmlc jax {kir.source.name}>", "exec"), namespace)
+    kernel = namespace["kernel"]
+    kernel.source = source
+    return kernel
+
+
+def force_block_function(descriptor, kernel):
+    """C(x, x') = sum_P d/dx d/dx'^T k(D(x), D(x'[perm])) by JAX AD (jacfwd of grad)."""
+    jax, jnp = _jax()
+
+    def energy_kernel(x, xp, perms, z, hyper):
+        d = descriptor(x, z)
+        return sum(kernel(d, descriptor(xp[np.asarray(p)], z), **hyper) for p in perms)
+
+    def block(x, xp, perms, z, hyper):
+        x, xp = jnp.asarray(x), jnp.asarray(xp)
+        n = x.shape[0]
+        C = jax.jacfwd(jax.grad(energy_kernel, argnums=0), argnums=1)(x, xp, perms, z, hyper)
+        return np.asarray(C).reshape(3 * n, 3 * n)
+
+    return block

@@ -1,0 +1,34 @@
+"""Spelling IR as source text, for Numba or JAX, from the rule table."""
+from __future__ import annotations
+
+from . import ir
+from .primitives import PRIMITIVES
+
+
+def spell(expr, style: str, names: dict | None = None) -> str:
+    """Source text of one expression; ``names`` renames variables."""
+    names = names or {}
+    memo = {}
+    for node in ir.topological([expr]):
+        if node.op == "const":
+            memo[id(node)] = _number(node.value)
+        elif node.op == "var":
+            memo[id(node)] = names.get(node.value, node.value)
+        else:
+            args = [memo[id(a)] for a in node.args]
+            if node.op == "pow" and node.args[1].is_const and node.args[1].value.is_integer():
+                args[1] = str(int(node.args[1].value))  # integer powers compile to multiplications
+            memo[id(node)] = getattr(PRIMITIVES[node.op], style).format(*args)
+    return memo[id(expr)]
+
+
+def _number(value: float) -> str:
+    text = repr(float(value))
+    return f"({text})" if value < 0 else text
+
+
+def program_lines(program, style: str, output_names, names=None, indent="    "):
+    """``name = expr`` lines for a :class:`~compiler.simplify.Program`."""
+    lines = [f"{indent}{name} = {spell(e, style, names)}" for name, e in program.assignments]
+    lines += [f"{indent}{out} = {spell(e, style, names)}" for out, e in zip(output_names, program.outputs)]
+    return lines

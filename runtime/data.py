@@ -1,0 +1,439 @@
+"""Reading and validating force-field training data.
+
+`load_dataset` reads sGDML dataset .npz files, rMD17 .npz files and extended
+XYZ files into a `Dataset`; `validate_arrays` checks user arrays the same way.
+Every problem with the data raises `DatasetError`, whose message names the
+file (or "input"), the key and, where it applies, the frame and atom.
+Frame and atom indices in messages are 0-based.
+
+`check_force_energy_consistency` is a model-free check that energies and
+forces describe the same potential (sign and units), returning warnings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LABEL_SETS = ("new", "old")
+MAX_ATOMIC_NUMBER = 118
+
+_SGDML_KEYS = {"R", "z"}
+_RMD17_KEYS = {"nuclear_charges", "coords"}
+_EXPECTED_NPZ_KEYS = (
+    "sGDML keys (R, z, F[, E, name, theory, r_unit, e_unit]) or "
+    "rMD17 keys (nuclear_charges, coords, energies, forces[, old_energies, old_forces])"
+)
+_RMD17_THEORY = {"new": "PBE/def2-SVP (rMD17)", "old": "PBE+vdW-TS (MD17, original labels)"}
+_XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+class DatasetError(ValueError):
+    """Input data that cannot be used; the message says where and why."""
+
+
+@dataclass(eq=False)  # array fields: a generated __eq__ would be ambiguous
+class Dataset:
+    R: np.ndarray  # (M, N, 3) float64 positions
+    z: np.ndarray  # (N,) int64 atomic numbers
+    F: np.ndarray  # (M, N, 3) float64 forces (= -dE/dR)
+    E: np.ndarray | None  # (M,) float64 energies
+    name: str
+    theory: str
+    energy_unit: str
+    length_unit: str
+    source: str
+    labels: str  # 'default' | 'new' | 'old'
+
+    def __len__(self) -> int:
+        return len(self.R)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.z)
+
+    def subset(self, idx) -> Dataset:
+        """The frames selected by an index array or boolean mask, as copies."""
+        idx = np.atleast_1d(np.asarray(idx))
+        R = self.R[idx]  # fancy indexing copies
+        if len(R) == 0:
+            raise DatasetError(f"{self.source}: subset selects no frames")
+        return dataclasses.replace(
+            self, R=R, z=self.z.copy(), F=self.F[idx], E=None if self.E is None else self.E[idx]
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 hex of the shapes, then the bytes of R, z, E (if any), F.
+
+        Arrays are hashed as little-endian C-contiguous float64/int64, so the
+        value does not depend on how the data was loaded or on the platform.
+        """
+        h = hashlib.sha256()
+        shapes = (self.R.shape, self.z.shape, None if self.E is None else self.E.shape, self.F.shape)
+        h.update(repr(shapes).encode())  # keeps differently shaped data with equal bytes apart
+        for array, dtype in ((self.R, "<f8"), (self.z, "<i8"), (self.E, "<f8"), (self.F, "<f8")):
+            if array is not None:
+                h.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+        return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_arrays(R, F=None, E=None, z=None, where="input") -> None:
+    """Raise DatasetError unless the arrays form usable training data.
+
+    R (M, N, 3) with M >= 1 and N >= 2, F of the same shape, E of shape (M,)
+    or (M, 1), z of shape (N,) with atomic numbers 1..118; all finite.
+    """
+    _checked_arrays(R, F, E, z, where)
+
+
+def _checked_arrays(R, F, E, z, where, keys=None):
+    """Validate and return (R, F, E, z) as float64/int64 arrays, E flattened.
+
+    `keys` maps 'R', 'F', 'E', 'z' to the names the caller's source uses
+    (e.g. 'coords'), so that messages name what the user actually wrote.
+    """
+    keys = {"R": "R", "F": "F", "E": "E", "z": "z", **(keys or {})}
+    R = _float_array(R, where, keys["R"])
+    if R.ndim != 3 or R.shape[2] != 3:
+        raise DatasetError(f"{where}: {keys['R']}: expected shape (M, N, 3), got {R.shape}")
+    n_frames, n_atoms = R.shape[:2]
+    if n_frames < 1:
+        raise DatasetError(f"{where}: {keys['R']}: expected at least 1 frame, got shape {R.shape}")
+    if n_atoms < 2:
+        raise DatasetError(f"{where}: {keys['R']}: expected at least 2 atoms, got shape {R.shape}")
+    _check_finite(R, where, keys["R"])
+
+    if F is None:
+        raise DatasetError(
+            f"{where}: no forces ({keys['F']} is missing); force labels are required for training"
+        )
+    F = _float_array(F, where, keys["F"])
+    if F.shape != R.shape:
+        raise DatasetError(
+            f"{where}: {keys['F']}: expected shape {R.shape} (same as {keys['R']}), got {F.shape}"
+        )
+    _check_finite(F, where, keys["F"])
+
+    if E is not None:
+        E = _float_array(E, where, keys["E"])
+        if E.shape not in ((n_frames,), (n_frames, 1)):
+            raise DatasetError(
+                f"{where}: {keys['E']}: expected shape ({n_frames},) or ({n_frames}, 1), got {E.shape}"
+            )
+        E = E.reshape(n_frames)
+        _check_finite(E, where, keys["E"])
+
+    if z is not None:
+        z = _atomic_numbers(z, n_atoms, where, keys["z"])
+    return R, F, E, z
+
+
+def _float_array(value, where, key):
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise DatasetError(f"{where}: {key}: expected real numbers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def _check_finite(array, where, key):
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    first = np.unravel_index(np.argmax(bad), bad.shape)  # argmax finds the first True
+    position = f"frame {first[0]}" if array.ndim < 3 else f"frame {first[0]}, atom {first[1]}"
+    raise DatasetError(f"{where}: {key}: {position} is not finite ({array[first]})")
+
+
+def _atomic_numbers(z, n_atoms, where, key):
+    array = np.asarray(z)
+    if array.dtype.kind not in "iuf":
+        raise DatasetError(f"{where}: {key}: expected integer atomic numbers, got dtype {array.dtype}")
+    if array.shape != (n_atoms,):
+        raise DatasetError(f"{where}: {key}: expected shape ({n_atoms},) (one per atom), got {array.shape}")
+    values = array.astype(np.float64)
+    invalid = (values != np.round(values)) | (values < 1) | (values > MAX_ATOMIC_NUMBER)
+    if invalid.any():
+        atom = int(np.argmax(invalid))
+        raise DatasetError(
+            f"{where}: {key}: atom {atom} has atomic number {array[atom]}; "
+            f"expected an integer in 1..{MAX_ATOMIC_NUMBER}"
+        )
+    return values.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_dataset(path, labels: str = "new") -> Dataset:
+    """Read a dataset file; the format is chosen by extension, then content.
+
+    labels: 'new' (default) or 'old'; 'old' selects the original MD17 labels
+    of an rMD17 file. Files with a single label set report labels='default'.
+    """
+    path = Path(path)
+    if labels not in LABEL_SETS:
+        raise DatasetError(f"{path}: labels must be one of {LABEL_SETS}, got {labels!r}")
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    if path.suffix.lower() in _XYZ_SUFFIXES:
+        return _load_xyz(path, labels)
+    if path.suffix.lower() == ".npz" or zipfile.is_zipfile(path):  # .npz is a zip archive
+        return _load_npz(path, labels)
+    raise DatasetError(
+        f"{path}: unknown format (extension {path.suffix or 'none'!r}); "
+        f"expected an .npz (sGDML or rMD17) or an {'/'.join(_XYZ_SUFFIXES)} file"
+    )
+
+
+def _load_npz(path, labels):
+    try:
+        with np.load(path, allow_pickle=False) as npz:  # never unpickle files we are handed
+            data = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: cannot read as .npz: {exc}") from exc
+    if _RMD17_KEYS <= data.keys():
+        return _from_rmd17(data, path, labels)
+    if _SGDML_KEYS <= data.keys():
+        return _from_sgdml(data, path, labels)
+    raise DatasetError(f"{path}: unrecognised .npz keys {sorted(data)}; expected {_EXPECTED_NPZ_KEYS}")
+
+
+def _from_sgdml(data, path, labels):
+    _reject_old_labels(labels, path, f"keys {sorted(data)}")
+    R, F, E, z = _checked_arrays(data["R"], data.get("F"), data.get("E"), data["z"], str(path))
+    return Dataset(
+        R=R, z=z, F=F, E=E,
+        name=_text(data, "name", path.stem),
+        theory=_text(data, "theory", "unknown"),
+        energy_unit=_text(data, "e_unit", "unknown"),
+        length_unit=_text(data, "r_unit", "unknown"),
+        source=str(path),
+        labels="default",
+    )
+
+
+def _from_rmd17(data, path, labels):
+    prefix = "old_" if labels == "old" else ""
+    if labels == "old" and not {"old_energies", "old_forces"} & data.keys():
+        _reject_old_labels(labels, path, f"keys {sorted(data)}")
+    keys = {"R": "coords", "F": prefix + "forces", "E": prefix + "energies", "z": "nuclear_charges"}
+    R, F, E, z = _checked_arrays(
+        data["coords"], data.get(keys["F"]), data.get(keys["E"]), data["nuclear_charges"], str(path), keys
+    )
+    return Dataset(
+        R=R, z=z, F=F, E=E,
+        name=_rmd17_molecule(path.stem),
+        theory=_RMD17_THEORY[labels],
+        energy_unit="kcal/mol",
+        length_unit="Ang",
+        source=str(path),
+        labels=labels,
+    )
+
+
+def _rmd17_molecule(stem):
+    """'rmd17_ethanol_train_01' -> 'ethanol'; other names are kept whole."""
+    match = re.fullmatch(r"rmd17_(.+?)(?:_(?:train|test))?(?:_\d+)?", stem)
+    return match.group(1) if match else stem
+
+
+def _text(data, key, default):
+    """Metadata stored as a 0-d string (or bytes) array, as sGDML writes it."""
+    if key not in data:
+        return default
+    value = data[key].item() if data[key].size == 1 else data[key]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _reject_old_labels(labels, path, contents):
+    if labels == "old":
+        raise DatasetError(f"{path}: labels='old' needs old_energies/old_forces, but the file has {contents}")
+
+
+def _load_xyz(path, labels):
+    import ase.io  # ase is only needed for this format
+
+    _reject_old_labels(labels, path, "extended XYZ frames")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ase's parsers raise many unrelated types on bad input
+        raise DatasetError(f"{path}: cannot read as extended XYZ: {exc}") from exc
+    if not frames:
+        raise DatasetError(f"{path}: no frames")
+    z = _common_species([atoms.numbers for atoms in frames], path)
+    R = np.stack([atoms.positions for atoms in frames])
+    F = _per_frame([_frame_forces(atoms) for atoms in frames], "forces", path)
+    E = _per_frame([_frame_energy(atoms) for atoms in frames], "energy", path)
+    keys = {"R": "positions", "F": "forces", "E": "energy", "z": "numbers"}
+    R, F, E, z = _checked_arrays(R, F, E, z, str(path), keys)
+    return Dataset(
+        R=R, z=z, F=F, E=E,
+        name=path.stem,
+        theory=str(frames[0].info.get("theory", "unknown")),
+        energy_unit="eV",  # ASE's units
+        length_unit="Ang",
+        source=str(path),
+        labels="default",
+    )
+
+
+def _common_species(numbers, path):
+    """The atomic numbers shared by all frames; a model needs one fixed atom order."""
+    first = numbers[0]
+    for frame, current in enumerate(numbers[1:], start=1):
+        if len(current) != len(first):
+            raise DatasetError(
+                f"{path}: numbers: atom count changes between frames: "
+                f"frame {frame} has {len(current)} atoms but frame 0 has {len(first)}"
+            )
+        if not np.array_equal(current, first):
+            atom = int(np.argmax(current != first))
+            raise DatasetError(
+                f"{path}: numbers: species change between frames: frame {frame} has "
+                f"{current.tolist()} but frame 0 has {first.tolist()} (first difference at atom {atom})"
+            )
+    return first
+
+
+def _frame_forces(atoms):
+    if atoms.calc is not None:
+        try:
+            return atoms.get_forces(apply_constraint=False)  # the labels, not constrained forces
+        except RuntimeError:  # includes PropertyNotImplementedError: no forces stored
+            pass
+    return atoms.arrays.get("forces")
+
+
+def _frame_energy(atoms):
+    if atoms.calc is None:
+        return None
+    try:
+        return atoms.get_potential_energy()
+    except RuntimeError:
+        return None
+
+
+def _per_frame(values, what, path):
+    """Stack one value per frame; None if no frame has one, an error if only some do."""
+    missing = [frame for frame, value in enumerate(values) if value is None]
+    if len(missing) == len(values):
+        return None
+    if missing:
+        present = next(frame for frame, value in enumerate(values) if value is not None)
+        raise DatasetError(f"{path}: {what}: frame {missing[0]} has no {what} but frame {present} has")
+    return np.stack(values)
+
+
+# --------------------------------------------------------------------------- consistency
+
+_PAIR_POOL = 1000  # frames searched for neighbours: bounds time and memory on large sets
+_DISTANCE_FEATURES = 256  # interatomic distances used to find neighbouring frames
+_CLOSEST_FRACTION = 0.1  # the trapezoid error grows with the cube of the step: use short steps
+_MIN_FRAMES = 100  # on sparser sets (rMD17 subsets) the nearest frames are too far apart
+_MIN_CORRELATION = 0.5
+_SCALE_RANGE = (0.5, 2.0)
+
+
+def check_force_energy_consistency(R, E, F) -> list[str]:
+    """Warnings when energies and forces do not look like E and -dE/dR.
+
+    For pairs of nearby frames i, j the energy change E_j - E_i should equal
+    the work -0.5 (F_i + F_j) . (R_j - R_i) (trapezoid rule). Pairs are
+    consecutive frames and each frame with its nearest neighbour, the
+    shortest steps kept; frame j is rotated onto frame i first so that a
+    rigid rotation between frames does not count as a step. A least-squares
+    factor a with E_j - E_i ~ a * work is then near 1 for consistent data,
+    near -1 for gradients stored as forces, and far from 1 for mixed units.
+    Returns [] without energies or with fewer than 100 frames, where the
+    check is not reliable.
+    """
+    if E is None:
+        return []
+    R, F, E, _ = _checked_arrays(R, F, E, None, "consistency check")
+    if len(R) < _MIN_FRAMES:
+        return []
+    i, j = _nearby_pairs(R, np.random.default_rng(0)).T
+    step, F_j = _aligned_steps(R, F, i, j)
+    work = -0.5 * np.einsum("pak,pak->p", F[i] + F_j, step)
+    return _scale_warnings(work, E[j] - E[i])
+
+
+def _nearby_pairs(R, rng):
+    """Frame pairs (P, 2) with the shortest steps among consecutive frames and nearest neighbours."""
+    n_frames = len(R)
+    pool = np.sort(rng.choice(n_frames, size=min(n_frames, _PAIR_POOL), replace=False))
+    consecutive = pool[pool + 1 < n_frames]
+    features = _distance_features(R[pool], rng)
+    sq = np.sum(features**2, axis=1)
+    dist2 = sq[:, None] + sq[None, :] - 2.0 * features @ features.T
+    np.fill_diagonal(dist2, np.inf)
+    candidates = np.concatenate([
+        np.stack([consecutive, consecutive + 1], axis=1),
+        np.stack([pool, pool[np.argmin(dist2, axis=1)]], axis=1),
+    ])
+    pairs = np.unique(np.sort(candidates, axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]  # a frame can be its own neighbour when it is duplicated
+    step, _ = _aligned_steps(R, R, pairs[:, 0], pairs[:, 1])
+    length = np.linalg.norm(step.reshape(len(pairs), -1), axis=1)
+    return pairs[np.argsort(length)[: int(_CLOSEST_FRACTION * len(pairs))]]
+
+
+def _distance_features(R, rng):
+    """Rotation-invariant frame features: (a sample of) the interatomic distances."""
+    a, b = np.triu_indices(R.shape[1], k=1)
+    if len(a) > _DISTANCE_FEATURES:
+        pick = rng.choice(len(a), size=_DISTANCE_FEATURES, replace=False)
+        a, b = a[pick], b[pick]
+    return np.linalg.norm(R[:, a] - R[:, b], axis=-1)
+
+
+def _aligned_steps(R, F, i, j):
+    """Displacements from frame i to frame j, and F_j, after rotating frame j onto frame i."""
+    P = R[i] - R[i].mean(axis=1, keepdims=True)
+    Q = R[j] - R[j].mean(axis=1, keepdims=True)
+    rotation = _kabsch(P, Q)
+    return Q @ rotation - P, F[j] @ rotation
+
+
+def _kabsch(P, Q):
+    """Rotations (K, 3, 3) with Q @ rotation ~ P for centred frames P, Q (K, N, 3)."""
+    U, _, Vt = np.linalg.svd(np.swapaxes(Q, 1, 2) @ P)
+    U[:, :, -1] *= np.sign(np.linalg.det(U @ Vt))[:, None]  # a proper rotation, not a reflection
+    return U @ Vt
+
+
+def _scale_warnings(work, dE):
+    ww, ee, we = work @ work, dE @ dE, work @ dE
+    if ww == 0 and ee == 0:
+        return []  # nothing changes between the frames: no evidence either way
+    correlation = we / np.sqrt(ww * ee) if ww and ee else 0.0
+    n = len(dE)
+    if abs(correlation) < _MIN_CORRELATION:
+        return [
+            f"energy differences between nearby frames do not follow the forces (correlation "
+            f"{correlation:.2f} over {n} frame pairs): energies and forces may be misaligned, "
+            f"from different methods, or very noisy"
+        ]
+    scale = we / ww
+    warnings = []
+    if scale < 0:
+        warnings.append(
+            f"forces look like energy gradients (+dE/dR) rather than forces (-dE/dR): energy "
+            f"differences match the force work with factor {scale:.3g} over {n} frame pairs; "
+            f"flip the sign of F"
+        )
+    if not _SCALE_RANGE[0] <= abs(scale) <= _SCALE_RANGE[1]:
+        warnings.append(
+            f"energies and forces look like different units: energy differences are {scale:.3g} "
+            f"times the force work over {n} frame pairs (expected 1); check the energy and "
+            f"length units of E and F (eV vs kcal/mol is a factor 23.06)"
+        )
+    return warnings
