@@ -91,10 +91,10 @@ def validate_arrays(R, F=None, E=None, z=None, where="input") -> None:
     R (M, N, 3) with M >= 1 and N >= 2, F of the same shape, E of shape (M,)
     or (M, 1), z of shape (N,) with atomic numbers 1..118; all finite.
     """
-    _checked_arrays(R, F, E, z, where)
+    checked_arrays(R, F, E, z, where)
 
 
-def _checked_arrays(R, F, E, z, where, keys=None):
+def checked_arrays(R, F, E, z, where, keys=None):
     """Validate and return (R, F, E, z) as float64/int64 arrays, E flattened.
 
     `keys` maps 'R', 'F', 'E', 'z' to the names the caller's source uses
@@ -208,7 +208,7 @@ def _load_npz(path, labels):
 
 def _from_sgdml(data, path, labels):
     _reject_old_labels(labels, path, f"keys {sorted(data)}")
-    R, F, E, z = _checked_arrays(data["R"], data.get("F"), data.get("E"), data["z"], str(path))
+    R, F, E, z = checked_arrays(data["R"], data.get("F"), data.get("E"), data["z"], str(path))
     return Dataset(
         R=R, z=z, F=F, E=E,
         name=_text(data, "name", path.stem),
@@ -225,7 +225,7 @@ def _from_rmd17(data, path, labels):
     if labels == "old" and not {"old_energies", "old_forces"} & data.keys():
         _reject_old_labels(labels, path, f"keys {sorted(data)}")
     keys = {"R": "coords", "F": prefix + "forces", "E": prefix + "energies", "z": "nuclear_charges"}
-    R, F, E, z = _checked_arrays(
+    R, F, E, z = checked_arrays(
         data["coords"], data.get(keys["F"]), data.get(keys["E"]), data["nuclear_charges"], str(path), keys
     )
     return Dataset(
@@ -273,7 +273,7 @@ def _load_xyz(path, labels):
     F = _per_frame([_frame_forces(atoms) for atoms in frames], "forces", path)
     E = _per_frame([_frame_energy(atoms) for atoms in frames], "energy", path)
     keys = {"R": "positions", "F": "forces", "E": "energy", "z": "numbers"}
-    R, F, E, z = _checked_arrays(R, F, E, z, str(path), keys)
+    R, F, E, z = checked_arrays(R, F, E, z, str(path), keys)
     return Dataset(
         R=R, z=z, F=F, E=E,
         name=path.stem,
@@ -357,7 +357,7 @@ def check_force_energy_consistency(R, E, F) -> list[str]:
     """
     if E is None:
         return []
-    R, F, E, _ = _checked_arrays(R, F, E, None, "consistency check")
+    R, F, E, _ = checked_arrays(R, F, E, None, "consistency check")
     if len(R) < _MIN_FRAMES:
         return []
     i, j = _nearby_pairs(R, np.random.default_rng(0)).T
