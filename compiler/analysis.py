@@ -60,7 +60,9 @@ def descriptor_program(dir_: DescriptorIR) -> DescriptorProgram:
     grads = ad.grad(body, POSITION_VARS)
     names = list(POSITION_VARS) + list(dir_.z_args) + list(dir_.param_names)
     symbols = symbols_for(names, positive=dir_.z_args)
-    program = optimise([body] + grads, symbols, full=True, prefix="t")
+    # CSE only: sympy.simplify on position gradients costs seconds to minutes and, on
+    # the library, never gave fewer operations than CSE alone.
+    program = optimise([body] + grads, symbols, full=False, prefix="t")
     return DescriptorProgram(program, _is_pair_symmetric(dir_))
 
 

@@ -1,13 +1,14 @@
 """Where generated modules live, how they are named, written and loaded.
 
 A module's file name carries a hash of everything that determines its text
-(the DSL source, parameters, compiler version), so an unchanged DSL function
+(the DSL source, parameters, the compiler's version and source), so an unchanged DSL function
 reuses both the generated source and Numba's on-disk cache next to it, and a
 changed one gets a fresh module.  Files are written to a temporary name and
 renamed, so two processes compiling the same entry never see half a file.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -46,8 +47,17 @@ def _writable(path: Path) -> bool:
         return False
 
 
-def content_hash(*parts) -> str:
+@functools.lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """Hash of the compiler's own source: a changed code generator never reuses old modules."""
     h = hashlib.sha256(f"gdmlc {__version__}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def content_hash(*parts) -> str:
+    h = hashlib.sha256(compiler_fingerprint().encode())
     for part in parts:
         h.update(b"\0")
         h.update(repr(part).encode())

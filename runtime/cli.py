@@ -48,7 +48,8 @@ def _units(ds):
     return ds.energy_unit, f"{ds.energy_unit}/{ds.length_unit}"
 
 
-def print_errors(title, errors, ds, file=sys.stdout):
+def print_errors(title, errors, ds, file=None):
+    file = file or sys.stdout
     e_unit, f_unit = _units(ds)
     print(f"\n{title}", file=file)
     print(f"  {'':8s} {'MAE':>10s} {'RMSE':>10s}", file=file)
