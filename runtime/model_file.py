@@ -1,5 +1,8 @@
 """The model file: an npz with a format version and everything needed to
-recompile and predict anywhere, including the DSL source text itself."""
+recompile and predict anywhere, including the DSL source text itself.
+
+Loading a model imports its stored DSL source, which is Python: like a
+pickle, load only model files from sources you trust."""
 from __future__ import annotations
 
 import hashlib
@@ -74,15 +77,16 @@ def load_model(cls, path):
         with np.load(path, allow_pickle=False) as f:
             stored = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFileError(f"{path}: not a readable npz model file ({exc})") from None
+        reason = "not an npz archive" if "pickle" in str(exc) else str(exc)
+        raise ModelFileError(f"{path}: not a readable npz model file ({reason})") from None
     if str(stored.get("format", "")) != FORMAT:
         raise ModelFileError(f"{path}: not a gdmlc model (keys: {', '.join(sorted(stored)) or 'none'}); "
                              "a dataset? train a model with `gdmlc train` first")
-    version = int(stored["format_version"])
-    if version > FORMAT_VERSION:
-        raise ModelFileError(f"{path}: model format {version} is newer than this gdmlc reads "
-                             f"({FORMAT_VERSION}); upgrade gdmlc")
     try:
+        version = int(stored["format_version"])
+        if version > FORMAT_VERSION:
+            raise ModelFileError(f"{path}: model format {version} is newer than this gdmlc reads "
+                                 f"({FORMAT_VERSION}); upgrade gdmlc")
         descriptor = _restore_dsl(str(stored["descriptor_source"]), str(stored["descriptor_name"]), "descriptor")
         kernel = _restore_dsl(str(stored["kernel_source"]), str(stored["kernel_name"]), "kernel")
         model = cls(descriptor, kernel, sigma=float(stored["sigma"]), lam=float(stored["lam"]),
@@ -100,4 +104,8 @@ def load_model(cls, path):
         model.info = json.loads(str(stored["info"]))
     except KeyError as exc:
         raise ModelFileError(f"{path}: model file is missing {exc}; it is corrupt or from another tool") from None
+    except (ValueError, IndexError, TypeError, SyntaxError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: model file is corrupt: {type(exc).__name__}: {exc}") from None
     return model
