@@ -9,7 +9,7 @@ import numpy as np
 from . import cache, checks, codegen, jax_lowering
 from .analysis import descriptor_program, kernel_program
 from .library import resolve
-from .parser import DescriptorIR, KernelIR, parse_descriptor, parse_kernel
+from .parser import DescriptorIR, KernelIR, _module_constants, parse_descriptor, parse_kernel
 
 
 # --------------------------------------------------------------------------- building
@@ -45,7 +45,9 @@ def _kernel_metadata(kir, prog):
 
 
 def _source_key(dsl, table=None):
-    return (dsl.kind, dsl.source, None if dsl.over is None else dsl.over.name,
+    """Everything the generated text depends on: source, module numbers it reads, parameters."""
+    constants = sorted(_module_constants(dsl.fn).items())
+    return (dsl.kind, dsl.source, constants, None if dsl.over is None else dsl.over.name,
             None if table is None else table.tolist())
 
 
@@ -277,7 +279,12 @@ class CompiledModel:
     def force_block(self, x, xp, perms=None, z=None, **hyper):
         """C(x, x') = sum_P grad_x grad_x'^T k(D(x), D(x'[perm])), shape (3N, 3N)."""
         h = self.kernel.hyper(**hyper)
-        D, JAC, _ = self.descriptor.evaluate(np.stack([_single(x, "x"), _single(xp, "xp")]), z)
+        x, xp = _single(x, "x"), _single(xp, "xp")
+        if x.shape != xp.shape:
+            raise ValueError(f"x and xp must have the same atoms: got shapes {x.shape} and {xp.shape}")
+        checks.geometries(x, "x")
+        checks.geometries(xp, "xp")
+        D, JAC, _ = self.descriptor.evaluate(np.stack([x, xp]), z)
         n = np.asarray(x).shape[0]
         fperms = self.feature_permutations(perms, n)
         out = np.empty((3 * n, 3 * n))
