@@ -251,6 +251,8 @@ class CompiledKernel:
         h = self.hyper(**hyper)
         d, dp, s, t = self._st(d, dp)
         v = checks.vectors(v, "v")
+        if v.shape[-1] != d.shape[-1]:
+            raise ValueError(f"v: expected {d.shape[-1]} features (like d), got shape {v.shape}")
         g_s, g_t, g_ss, g_st, g_tt = np.moveaxis(
             self._map(lambda a, b: self.module.kernel_coefficients(a, b, h), s, t), -1, 0)
         delta = d - dp

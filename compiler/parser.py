@@ -211,6 +211,8 @@ class _BodyParser:
                    f"function ({', '.join(ALLOWED_CALLS)})")
 
     def condition(self, node):
+        if isinstance(node, ast.BoolOp):
+            self.error(node, "and/or are not supported in a condition", "nest where() calls instead")
         if not isinstance(node, ast.Compare):
             self.error(node, "the condition must be a comparison like r < rc", "write where(r < rc, a, b)")
         if len(node.ops) != 1:
