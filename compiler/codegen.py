@@ -179,7 +179,7 @@ def model_source(prog: KernelProgram) -> list:
               "            diff = d[f] - dp[g]"]
         left = [v for v in vectors if v.startswith("u_")]
         right = [v for v in vectors if v.startswith("w_")]
-        for group, loop in ((left, "k"), (right, "l")):
+        for group in (left, right):
             if not group:
                 continue
             mat, row, idx, _ = sources[group[0]]

@@ -9,7 +9,7 @@ import numpy as np
 from . import cache, checks, codegen, jax_lowering
 from .analysis import descriptor_program, kernel_program
 from .library import resolve
-from .parser import DescriptorIR, KernelIR, _module_constants, parse_descriptor, parse_kernel
+from .parser import DescriptorIR, module_constants, parse_descriptor, parse_kernel
 
 
 # --------------------------------------------------------------------------- building
@@ -46,7 +46,7 @@ def _kernel_metadata(kir, prog):
 
 def _source_key(dsl, table=None):
     """Everything the generated text depends on: source, module numbers it reads, parameters."""
-    constants = sorted(_module_constants(dsl.fn).items())
+    constants = sorted(module_constants(dsl.fn).items())
     return (dsl.kind, dsl.source, constants, None if dsl.over is None else dsl.over.name,
             None if table is None else table.tolist())
 
@@ -156,7 +156,7 @@ class CompiledDescriptor:
 
 
 @lru_cache(maxsize=64)
-def _atom_table_cached(over, n, channels):
+def _atom_table(over, n, channels):
     if over == "pairs":
         i, j = np.triu_indices(n, 1)
         sites = np.stack([i, j], axis=1)
@@ -167,12 +167,8 @@ def _atom_table_cached(over, n, channels):
     return table
 
 
-def _atom_table(over, n, channels):
-    return _atom_table_cached(over, n, channels)
-
-
 def _feature_permutations(over, n, channels, perms):
-    out = np.empty((len(perms), (n * (n - 1) // 2 if over == "pairs" else n) * channels), dtype=np.int64)
+    out = np.empty((len(perms), _atom_table(over, n, channels).shape[0]), dtype=np.int64)
     if over == "pairs":
         index = np.full((n, n), -1)
         i, j = np.triu_indices(n, 1)

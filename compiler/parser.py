@@ -358,7 +358,7 @@ class _KernelParser(_BodyParser):
                    "or dot(d, dp)")
 
 
-def _module_constants(fn):
+def module_constants(fn):
     """Numbers the body may read from its module or closure."""
     try:
         closure = inspect.getclosurevars(fn)
@@ -383,7 +383,7 @@ def parse_descriptor(dsl: DSLFunction) -> DescriptorIR:
     if dsl.kind != "descriptor":
         raise TypeError(f"{dsl.name} is a {dsl.kind}, not a descriptor")
     fdef, info, indent = _read_function(dsl)
-    parser = _DescriptorParser(fdef, info, indent, _module_constants(dsl.fn))
+    parser = _DescriptorParser(fdef, info, indent, module_constants(dsl.fn))
     names, defaults = _arguments(fdef, parser)
     if defaults:
         parser.error(fdef, "descriptor arguments cannot have defaults",
@@ -417,7 +417,7 @@ def parse_kernel(dsl: DSLFunction) -> KernelIR:
     if dsl.kind != "kernel":
         raise TypeError(f"{dsl.name} is a {dsl.kind}, not a kernel")
     fdef, info, indent = _read_function(dsl)
-    parser = _KernelParser(fdef, info, indent, _module_constants(dsl.fn))
+    parser = _KernelParser(fdef, info, indent, module_constants(dsl.fn))
     names, defaults = _arguments(fdef, parser)
     if len(names) < 2:
         parser.error(fdef, "a kernel takes two descriptor vectors first", "write def my_kernel(d, dp, sigma)")

@@ -157,7 +157,6 @@ class GDML:
         self._DT = np.ascontiguousarray(self.D_train[:, fperms].reshape(-1, f))
         self._BT = np.ascontiguousarray(self.B_train[:, fperms].reshape(-1, f))
         self._hyper = self.model.kernel.hyper(sigma=self.sigma)
-        self.energy_constant = 0.0
         self._trained = True
 
     def _fit_energy_constant(self, R, E):

@@ -1,4 +1,4 @@
-"""Shared set-up for the compiler tests: JAX in float64, the DSL sample folder."""
+"""Shared test set-up: JAX in float64, the DSL sample folder, the rMD17 data folder."""
 from pathlib import Path
 
 import jax
@@ -7,6 +7,8 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 DSL_SAMPLES = Path(__file__).resolve().parent / "dsl_samples"
+# rMD17 reference data beside the checkout (absent on a user's fresh clone: tests skip)
+RMD17_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17"
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Tests for runtime.data: dataset reading, validation and the force/energy check."""
 import re
-from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -15,8 +14,7 @@ from runtime.data import (
     validate_arrays,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-RMD17_DIR = REPO.parent / "shared" / "data" / "rmd17"
+from conftest import RMD17_DIR
 
 M, N = 4, 3
 Z = np.array([8, 1, 1])

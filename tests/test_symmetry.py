@@ -3,7 +3,6 @@ import io
 import itertools
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,7 @@ from runtime.symmetry import (
     validate_permutations,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-RMD17_DIR = REPO.parent / "shared" / "data" / "rmd17"
+from conftest import RMD17_DIR
 
 # ASE's ethanol: C0 methyl carbon, C1 methylene carbon, O2, H3 hydroxyl, H4 H5 on C1, H6 H7 H8
 # on C0.  The molecule is mirror symmetric about z = 0 (H3, H6 in the plane).
