@@ -303,13 +303,24 @@ class CompiledModel:
     def assemble_rows(self, D, JAC, fperms, hyper, K, rows, n_atoms, mirror=True):
         """Write training-matrix block rows ``rows`` (upper triangle, and mirrored) into K."""
         atoms = self.descriptor.atom_table(n_atoms)
-        self.module.assemble_rows(D, JAC, atoms, fperms, hyper, K, np.asarray(rows, np.int64), mirror)
+        self.module.assemble_rows(D, JAC, atoms, fperms, hyper, K, np.asarray(rows, np.int64), n_atoms,
+                                  mirror)
+
+    def assemble_energy_rows(self, D, JAC, fperms, hyper, K, n_atoms):
+        """Energy rows and columns of a joint energy+force matrix (upper triangle) into K."""
+        self.module.assemble_energy_rows(D, JAC, self.descriptor.atom_table(n_atoms), fperms, hyper, K,
+                                         n_atoms)
 
     def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms):
         E = np.empty(DQ.shape[0])
         F = np.empty((DQ.shape[0], n_atoms, 3))
         self.module.predict(DQ, JACQ, self.descriptor.atom_table(n_atoms), DT, BT, hyper, E, F)
         return E, F
+
+    def add_energy_weight_terms(self, DQ, JACQ, DT, WT, hyper, E, F):
+        """E, F += the energy-coefficient terms of a joint energy+force model (in place)."""
+        self.module.predict_energy_weights(DQ, JACQ, self.descriptor.atom_table(F.shape[1]), DT, WT, hyper,
+                                           E, F)
 
     def contract(self, JAC, V):
         n_atoms = V.shape[1]

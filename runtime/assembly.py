@@ -49,13 +49,19 @@ def interleaved_rows(m: int) -> np.ndarray:
     return order
 
 
-def assemble(model, D, JAC, fperms, hyper, n_atoms, out=None, progress=True, chunks=20):
-    """The (3NM, 3NM) force-field kernel matrix, block upper triangle filled."""
+def assemble(model, D, JAC, fperms, hyper, n_atoms, out=None, progress=True, chunks=20, energy_rows=False):
+    """The (3NM, 3NM) force-field kernel matrix, block upper triangle filled.
+
+    With ``energy_rows`` the matrix of joint energy+force training, (3NM + M)^2:
+    M energy rows and columns follow the force ones."""
     m = D.shape[0]
     n3m = 3 * n_atoms * m
+    size = n3m + (m if energy_rows else 0)
     if out is None:
-        check_memory(n3m)
-        out = np.empty((n3m, n3m))
+        check_memory(size)
+        out = np.empty((size, size))
+    if out.shape != (size, size) or not out.flags.c_contiguous:
+        raise ValueError(f"assembly needs a C-ordered ({size}, {size}) matrix, got {out.shape}")
     rows = interleaved_rows(m)
     # each chunk holds whole long/short pairs so every chunk costs about the same
     step = 2 * max(1, -(-m // (2 * chunks)))
@@ -64,4 +70,6 @@ def assemble(model, D, JAC, fperms, hyper, n_atoms, out=None, progress=True, chu
             chunk = rows[start:start + step]
             model.assemble_rows(D, JAC, fperms, hyper, out, chunk, n_atoms, mirror=False)
             bar.update(len(chunk))
+    if energy_rows:
+        model.assemble_energy_rows(D, JAC, fperms, hyper, out, n_atoms)
     return out

@@ -59,9 +59,6 @@ def print_errors(title, errors, ds, file=None):
 
 
 def cmd_train(args):
-    if args.energy_constraints:
-        raise SystemExit("gdmlc: --energy-constraints (sGDML's joint energy+force training) is not "
-                         "implemented yet; train on forces (energies still fix the integration constant)")
     start = time.perf_counter()
     data_path = Path(args.data) if args.data else DEFAULT_DATA
     ds = load_dataset(data_path, labels=args.labels)
@@ -86,12 +83,15 @@ def cmd_train(args):
             raise DatasetError(f"{what} data has species {other.z.tolist()} but training data has {ds.z.tolist()}")
     sigma = parse_sigma(args.sigma)
     model = GDML(descriptor=args.descriptor, kernel=args.kernel, sigma=sigma, lam=args.lam,
-                 symmetries=None if args.no_sym else "auto")
+                 symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints)
+    if args.energy_constraints and train.E is None:
+        raise DatasetError(f"--energy-constraints needs energies, but {data_path} has none")
     if valid is None and len(model.sigma_grid) > 1:
         raise DatasetError("choosing sigma needs validation data: --n-valid > 0, --valid FILE, or one --sigma")
     print(f"model    {model.descriptor_dsl.name} x {model.kernel_dsl.name}, sigma grid "
           f"{', '.join(f'{s:g}' for s in model.sigma_grid)}, lambda {model.lam:g}, "
-          f"{'no symmetries' if args.no_sym else 'symmetries: auto'}")
+          f"{'no symmetries' if args.no_sym else 'symmetries: auto'}"
+          f"{', energy constraints' if args.energy_constraints else ''}")
     print(f"split    train {len(train)}, validation {0 if valid is None else len(valid)}, "
           f"test {0 if test is None else len(test)}")
     model.fit(train.R, train.F, train.E, train.z,
@@ -198,7 +198,7 @@ def build_parser():
     p.add_argument("--sigma", help="one value, a list 10,20,40 or a range 10:90:10 (default: descriptor's grid)")
     p.add_argument("--lam", type=float, default=1e-10, help="regulariser lambda (default 1e-10)")
     p.add_argument("--no-sym", action="store_true", help="plain GDML: no permutational symmetries")
-    p.add_argument("--energy-constraints", action="store_true", help="joint energy+force training (not yet)")
+    p.add_argument("--energy-constraints", action="store_true", help="joint energy+force training (sGDML's E_cstr)")
     p.add_argument("--labels", default="new", choices=["new", "old"], help="rMD17: new (PBE) or old (MD17) labels")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split")
     p.add_argument("-o", "--output", default="model.npz")

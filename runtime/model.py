@@ -40,10 +40,13 @@ class GDML:
     ``sigma``: one length scale, a list (chosen on the validation set), or
     None for the descriptor's default grid.  ``symmetries``: "auto" (detect
     from the training geometries), None (plain GDML) or an (P, N) array.
+    ``energy_constraints``: train on energies and forces jointly (sGDML's
+    E_cstr): the system gains one row per training geometry whose label is
+    its energy; otherwise energies only fix the integration constant.
     """
 
     def __init__(self, descriptor="inverse_distances", kernel="matern52", sigma=None, lam=1e-10,
-                 symmetries="auto", progress=True):
+                 symmetries="auto", progress=True, energy_constraints=False):
         self.descriptor_dsl = resolve(descriptor, "descriptor")
         self.kernel_dsl = resolve(kernel, "kernel")
         self.sigma_grid = self._grid(sigma)
@@ -52,6 +55,8 @@ class GDML:
             raise ValueError(f"lam must be a finite non-negative number, got {lam}")
         self.symmetries = symmetries
         self.progress = progress
+        self.energy_constraints = bool(energy_constraints)
+        self.energy_weights = None  # per training geometry, joint energy+force models only
         self.model = compile_model(self.descriptor_dsl, self.kernel_dsl)
         self.info: dict = {}
         self._trained = False
@@ -77,6 +82,8 @@ class GDML:
         R, F, E, z = data.checked_arrays(R, F, E, z, "training data")
         checks.geometries(R, "training geometries")
         m, n, _ = R.shape
+        if self.energy_constraints and E is None:
+            raise ValueError("energy_constraints=True needs training energies E")
         if len(self.sigma_grid) > 1 and valid is None:
             raise ValueError(f"choosing sigma from {len(self.sigma_grid)} values needs a validation set "
                              "(valid=(R, F, E)); or pass one sigma")
@@ -85,10 +92,14 @@ class GDML:
         fperms = self.model.feature_permutations(self.perms, n)
         D, JAC, _ = self.model.descriptor.evaluate(R, z)
         self.label_scale = float(np.std(F)) or 1.0
-        y = (F / self.label_scale).ravel()
+        y = F.ravel()
+        if self.energy_constraints:
+            # energy labels centred on their mean, which becomes the model's constant
+            y = np.concatenate([y, E - np.mean(E)])
+        y = y / self.label_scale
 
-        check_memory(3 * n * m)
-        K = np.empty((3 * n * m, 3 * n * m))  # reused for every sigma: one matrix in memory
+        check_memory(len(y))
+        K = np.empty((len(y), len(y)))  # reused for every sigma: one matrix in memory
         sweep, best = [], None
         for sigma in self.sigma_grid:
             alpha, lam = self._solve(K, D, JAC, fperms, sigma, y)
@@ -108,7 +119,8 @@ class GDML:
         self._set_coefficients(D, JAC, fperms, alpha, result["sigma"], result["lam"])
         self._fit_energy_constant(R, E)
         self.info.update({"sigma_sweep": sweep, "sigma": result["sigma"], "lam": result["lam"],
-                          "n_train": m, "n_perms": len(self.perms)})
+                          "n_train": m, "n_perms": len(self.perms),
+                          "energy_constraints": self.energy_constraints})
         if valid is not None:
             self.info["validation"] = {k: v for k, v in result.items() if k not in ("sigma", "lam")}
         return self
@@ -132,7 +144,8 @@ class GDML:
         hyper = self.model.kernel.hyper(sigma=sigma)
         lam = self.lam
         for attempt in range(MAX_JITTER_STEPS + 1):
-            assemble(self.model, D, JAC, fperms, hyper, self.n_atoms, out=K, progress=self.progress)
+            assemble(self.model, D, JAC, fperms, hyper, self.n_atoms, out=K, progress=self.progress,
+                     energy_rows=self.energy_constraints)
             try:
                 return cholesky_solve_inplace(K, y, lam, progress=self.progress), lam
             except NotPositiveDefiniteError as exc:
@@ -145,7 +158,8 @@ class GDML:
 
     def _set_coefficients(self, D, JAC, fperms, alpha, sigma, lam):
         m, n = D.shape[0], self.n_atoms
-        alpha = alpha.reshape(m, n, 3)
+        self.energy_weights = alpha[3 * n * m:] if self.energy_constraints else None
+        alpha = alpha[:3 * n * m].reshape(m, n, 3)
         self.alpha, self.sigma, self.lam_used = alpha, float(sigma), float(lam)
         self.D_train = D
         self.B_train = self.model.contract(JAC, alpha)
@@ -156,6 +170,9 @@ class GDML:
         f = self.D_train.shape[1]
         self._DT = np.ascontiguousarray(self.D_train[:, fperms].reshape(-1, f))
         self._BT = np.ascontiguousarray(self.B_train[:, fperms].reshape(-1, f))
+        # the symmetric kernel sums over permuted copies: each copy carries its geometry's weight
+        self._WT = (None if self.energy_weights is None
+                    else np.repeat(np.asarray(self.energy_weights, np.float64), len(fperms)))
         self._hyper = self.model.kernel.hyper(sigma=self.sigma)
         self._trained = True
 
@@ -163,6 +180,9 @@ class GDML:
         self.energy_constant = 0.0
         if E is None:
             self.energy_constant = None
+            return
+        if self.energy_constraints:
+            self.energy_constant = float(np.mean(E))  # the energy labels were centred on it
             return
         E_pred, _ = self.predict(R, progress=False)
         self.energy_constant = float(np.mean(E - E_pred))
@@ -183,6 +203,8 @@ class GDML:
                 chunk = slice(start, start + batch)
                 D, JAC, _ = self.model.descriptor.evaluate(R3[chunk], self.z)
                 e, f = self.model.predict_parts(D, JAC, self._DT, self._BT, self._hyper, self.n_atoms)
+                if self._WT is not None:
+                    self.model.add_energy_weight_terms(D, JAC, self._DT, self._WT, self._hyper, e, f)
                 E[chunk], F[chunk] = e, f
                 bar.update(len(D))
         E *= self.label_scale

@@ -45,6 +45,8 @@ def save_model(model, path):
         "energy_constant": np.array(np.nan if model.energy_constant is None else model.energy_constant),
         "info": np.array(json.dumps(model.info, default=_jsonable)),
     }
+    if model.energy_weights is not None:
+        arrays["energy_weights"] = np.asarray(model.energy_weights)
     path = Path(path)
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
@@ -95,6 +97,8 @@ def load_model(cls, path):
         model.perms = stored["perms"]
         model.n_atoms = model.R_train.shape[1]
         model.D_train, model.B_train = stored["D_train"], stored["B_train"]
+        model.energy_weights = stored.get("energy_weights")  # absent: forces-only model
+        model.energy_constraints = model.energy_weights is not None
         model.label_scale = float(stored["label_scale"])
         model.lam_used = float(stored["lam"])
         model.sigma = float(stored["sigma"])

@@ -22,6 +22,11 @@ Math (sGDML, Chmiela et al. 2017/2018)
 * prediction: F(x) = scale sum_j C(x, x_j) alpha_j,
   E(x) = -scale sum_j grad_x' k(x, x_j) . alpha_j + c, with
   c = mean over training of (E_ref - E_pred without c).
+* joint energy+force training (sGDML's E_cstr), energy E ~ GP(c, k), F = -grad E:
+  cov(F_i, F_j) = C(x_i, x_j), cov(F_i, E_j) = -grad_x k(x_i, x_j),
+  cov(E_i, E_j) = k(x_i, x_j); labels [F, E - c] / scale with c = mean(E_train);
+  E(x) = c + scale sum_j (-grad_x' k(x, x_j) . alpha_j + k(x, x_j) a_j),
+  F(x) = scale sum_j (C(x, x_j) alpha_j - grad_x k(x, x_j) a_j).
 
 NaN-safety at d = d' (the "diagonal" of the kernel)
 ---------------------------------------------------
@@ -153,11 +158,18 @@ def energy_gradient(x, xp, perms, sigma):
     return jax.grad(symmetric_kernel, 1)(x, xp, perms, sigma)
 
 
+def kernel_gradient_x(x, xp, perms, sigma):
+    """grad_x k(x, x') (N, 3), the first argument's gradient."""
+    return jax.grad(symmetric_kernel, 0)(x, xp, perms, sigma)
+
+
 # vmapped over pairs of geometries, evaluated in fixed-size chunks so that XLA compiles each
 # function once per (chunk, N, P) shape and not once per number of pairs
 _CHUNK = 128
 _blocks_chunk = jax.jit(jax.vmap(_force_block, in_axes=(0, 0, None, 0, None)))
 _grads_chunk = jax.jit(jax.vmap(energy_gradient, in_axes=(0, 0, None, None)))
+_grads_x_chunk = jax.jit(jax.vmap(kernel_gradient_x, in_axes=(0, 0, None, None)))
+_values_chunk = jax.jit(jax.vmap(symmetric_kernel, in_axes=(0, 0, None, None)))
 
 
 def _pad(a, pad):
@@ -165,7 +177,8 @@ def _pad(a, pad):
 
 
 def _over_pairs(kind, X, XP, perms, sigma):
-    """Blocks (kind 'blocks') or x'-gradients ('grads') for the pairs (X[k], XP[k]), as NumPy."""
+    """For the pairs (X[k], XP[k]), as NumPy: blocks (kind 'blocks'), x'-gradients ('grads'),
+    x-gradients ('grads_x') or kernel values ('values')."""
     out = []
     for start in range(0, len(X), _CHUNK):
         x, xp = X[start:start + _CHUNK], XP[start:start + _CHUNK]
@@ -176,7 +189,8 @@ def _over_pairs(kind, X, XP, perms, sigma):
                                     pad))
             result = _blocks_chunk(x, xp, jnp.asarray(perms), same, sigma)
         else:
-            result = _grads_chunk(x, xp, jnp.asarray(perms), sigma)
+            fn = {"grads": _grads_chunk, "grads_x": _grads_x_chunk, "values": _values_chunk}[kind]
+            result = fn(x, xp, jnp.asarray(perms), sigma)
         out.append(np.asarray(result)[:_CHUNK - pad])
     return np.concatenate(out)
 
@@ -187,10 +201,12 @@ class ReferenceGDML:
     """Dense, slow, obviously-correct GDML/sGDML with inverse distances and Matérn 5/2.
 
     ``perms``: (P, N) atom permutations (None: identity only), used exactly as given.
+    ``energy_constraints``: joint energy+force training (see the module doc).
     """
 
-    def __init__(self, sigma, lam=1e-10, perms=None):
+    def __init__(self, sigma, lam=1e-10, perms=None, energy_constraints=False):
         self.sigma, self.lam, self.perms_in = float(sigma), float(lam), perms
+        self.energy_constraints = energy_constraints
 
     def fit(self, R, F, E=None):
         R = np.asarray(R, dtype=np.float64)
@@ -203,13 +219,27 @@ class ReferenceGDML:
         blocks = _over_pairs("blocks", R[i.ravel()], R[j.ravel()], self.perms, self.sigma)
         # (m*m, 3n, 3n) -> (m, 3n, m, 3n) -> (3nm, 3nm)
         K = blocks.reshape(m, m, 3 * n, 3 * n).transpose(0, 2, 1, 3).reshape(3 * n * m, 3 * n * m)
+        y = F.reshape(-1)
+        self.energy_weights = None
+        if self.energy_constraints:
+            E = np.asarray(E, dtype=np.float64)
+            # cov(F_i, E_j) = -grad_x k(x_i, x_j): rows (i, atom, xyz), columns j
+            K_fe = -_over_pairs("grads_x", R[i.ravel()], R[j.ravel()], self.perms, self.sigma)
+            K_fe = K_fe.reshape(m, m, 3 * n).transpose(0, 2, 1).reshape(3 * n * m, m)
+            K_ee = _over_pairs("values", R[i.ravel()], R[j.ravel()], self.perms, self.sigma).reshape(m, m)
+            K = np.block([[K, K_fe], [K_fe.T, K_ee]])
+            y = np.concatenate([y, E - np.mean(E)])
         if not np.all(np.isfinite(K)):
             raise FloatingPointError("reference training matrix has non-finite entries")
         self.K = K
         factor = scipy.linalg.cho_factor(K + self.lam * np.eye(len(K)), lower=True)
-        self.alpha = scipy.linalg.cho_solve(factor, F.reshape(-1) / self.scale).reshape(m, n, 3)
+        x = scipy.linalg.cho_solve(factor, y / self.scale)
+        self.alpha = x[:3 * n * m].reshape(m, n, 3)
         self.energy_constant = 0.0
-        if E is None:
+        if self.energy_constraints:
+            self.energy_weights = x[3 * n * m:]
+            self.energy_constant = float(np.mean(E))
+        elif E is None:
             self.energy_constant = None
         else:
             E_pred, _ = self.predict(R)
@@ -228,6 +258,9 @@ class ReferenceGDML:
         n = self.n_atoms
         blocks = _over_pairs("blocks", X, XT, self.perms, self.sigma).reshape(q, m, 3 * n, 3 * n)
         F = np.einsum("qjab,jb->qa", blocks, self.alpha.reshape(m, 3 * n))
+        if self.energy_weights is not None:
+            grads_x = _over_pairs("grads_x", X, XT, self.perms, self.sigma).reshape(q, m, 3 * n)
+            F -= np.einsum("qja,j->qa", grads_x, self.energy_weights)
         return self.scale * F.reshape(q, n, 3)
 
     def predict_energies(self, R):
@@ -236,6 +269,9 @@ class ReferenceGDML:
         X, XT, q, m = self._pairs(R)
         grads = _over_pairs("grads", X, XT, self.perms, self.sigma).reshape(q, m, self.n_atoms, 3)
         E = -self.scale * np.einsum("qjab,jab->q", grads, self.alpha)
+        if self.energy_weights is not None:
+            values = _over_pairs("values", X, XT, self.perms, self.sigma).reshape(q, m)
+            E += self.scale * values @ self.energy_weights
         return E + (self.energy_constant or 0.0)
 
     def predict(self, R):

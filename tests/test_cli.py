@@ -67,9 +67,13 @@ def test_unknown_descriptor_and_missing_file(capsys, tmp_path):
     assert "missing.npz" in capsys.readouterr().err
 
 
-def test_energy_constraints_not_silently_ignored():
-    with pytest.raises(SystemExit, match="not implemented"):
-        main(["train", "--energy-constraints"])
+def test_train_with_energy_constraints(capsys, tmp_path):
+    out = tmp_path / "joint.npz"
+    assert main(["train", "--energy-constraints", "--sigma", "10", "--n-train", "8", "--n-valid", "0",
+                 "--n-test", "20", "-o", str(out)]) == 0
+    assert "energy constraints" in capsys.readouterr().out
+    model = GDML.load(out)
+    assert model.energy_constraints and model.energy_weights.shape == (8,)
 
 
 def test_parse_sigma():

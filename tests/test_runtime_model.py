@@ -395,3 +395,115 @@ def test_sigma_sweep_picks_lowest_validation_error(ds):
     single = runtime.GDML(sigma=best["sigma"], lam=LAM, symmetries=None, progress=False)
     single.fit(ds.R[train], ds.F[train], ds.E[train], ds.z)
     assert rel(model.predict(ds.R[valid])[1], single.predict(ds.R[valid])[1]) < 1e-12
+
+
+# --------------------------------------------------------------------------- energy constraints (E_cstr)
+
+M_ECSTR = 12
+TRAIN_ECSTR = TRAIN[::2][:M_ECSTR]
+# lam 100x the forces-only tests: the energy rows make the symmetric system worse conditioned, and
+# at lam = 1e-10 two correct implementations (matrices equal to 1e-14) differ by ~1e-7 in forces
+LAM_ECSTR = 1e-8
+
+
+@pytest.fixture(scope="module")
+def ecstr_models(ds):
+    """Joint energy+force models (and their JAX references), without and with symmetries."""
+    out = {}
+    for kind, symmetries in (("identity", None), ("symmetric", "auto")):
+        model = runtime.GDML("inverse_distances", "matern52", sigma=SIGMA, lam=LAM_ECSTR,
+                             symmetries=symmetries, progress=False, energy_constraints=True)
+        model.fit(ds.R[TRAIN_ECSTR], ds.F[TRAIN_ECSTR], ds.E[TRAIN_ECSTR], ds.z)
+        reference = ref_model.ReferenceGDML(SIGMA, lam=LAM_ECSTR, perms=model.perms, energy_constraints=True)
+        reference.fit(ds.R[TRAIN_ECSTR], ds.F[TRAIN_ECSTR], ds.E[TRAIN_ECSTR])
+        out[kind] = (model, reference)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["identity", "symmetric"])
+def test_energy_constrained_matrix_matches_reference(ds, ecstr_models, kind):
+    """The joint (3NM + M)^2 matrix: force blocks, energy-force columns and energy-energy block."""
+    model, reference = ecstr_models[kind]
+    D, JAC, _ = model.model.descriptor.evaluate(ds.R[TRAIN_ECSTR], ds.z)
+    fperms = model.model.feature_permutations(model.perms, N_ATOMS)
+    K = assemble(model.model, D, JAC, fperms, model.model.kernel.hyper(sigma=SIGMA), N_ATOMS, progress=False,
+                 energy_rows=True)
+    n3m = 3 * N_ATOMS * M_ECSTR
+    assert K.shape == reference.K.shape == (n3m + M_ECSTR, n3m + M_ECSTR)
+    upper = np.zeros(K.shape, bool)
+    upper[:n3m, :n3m] = np.kron(np.triu(np.ones((M_ECSTR, M_ECSTR))), np.ones((3 * N_ATOMS,) * 2))
+    upper[:n3m, n3m:] = True
+    upper[n3m:, n3m:] = np.triu(np.ones((M_ECSTR, M_ECSTR)))
+    scale = np.abs(reference.K).max()
+    assert np.abs(K - reference.K)[upper].max() / scale < 1e-12
+    # the energy parts are not negligible: the test above would see them wrong
+    assert np.abs(reference.K[:n3m, n3m:]).max() > 1e-3 * scale
+    assert np.abs(reference.K[n3m:, n3m:]).max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("kind", ["identity", "symmetric"])
+@pytest.mark.parametrize("frames", ["held_out", "training"])
+def test_energy_constrained_predictions_match_reference(ds, ecstr_models, kind, frames):
+    model, reference = ecstr_models[kind]
+    idx = TEST if frames == "held_out" else TRAIN_ECSTR
+    E, F = model.predict(ds.R[idx])
+    E_ref, F_ref = reference.predict(ds.R[idx])
+    assert rel(F, F_ref) <= 1e-8
+    assert rel(E - E.mean(), E_ref - E_ref.mean()) <= 1e-7  # as the forces-only test: spread ~4 kcal/mol
+    assert model.energy_constant == reference.energy_constant == pytest.approx(np.mean(ds.E[TRAIN_ECSTR]))
+    # the energy weights matter: dropping them changes the prediction well beyond the tolerance
+    WT, model._WT = model._WT, None
+    try:
+        E_forces_only, F_forces_only = model.predict(ds.R[idx])
+    finally:
+        model._WT = WT
+    assert rel(F_forces_only, F_ref) > 1e-4 and rel(E_forces_only - E_forces_only.mean(), E_ref - E_ref.mean()) > 1e-4
+
+
+def _fit_small(ds, lam, energy_constraints):
+    return runtime.GDML(sigma=SIGMA, lam=lam, symmetries="auto", progress=False,
+                        energy_constraints=energy_constraints).fit(ds.R[TRAIN_ECSTR], ds.F[TRAIN_ECSTR],
+                                                                   ds.E[TRAIN_ECSTR], ds.z)
+
+
+def test_energy_constraints_fit_training_energies(ds):
+    """Joint training reproduces the training energies themselves, forces-only training does not
+    (it only sees them through the constant): measured 0.05 vs 1.1 kcal/mol at lam = 1e-10.  Not
+    to round-off: lam times the huge coefficients (~1e7) of this singular system remains."""
+    errors = {}
+    for joint in (False, True):
+        E, _ = _fit_small(ds, LAM, joint).predict(ds.R[TRAIN_ECSTR])
+        errors[joint] = np.abs(E - ds.E[TRAIN_ECSTR]).max()
+    assert errors[True] < 0.2 * errors[False]
+
+
+def test_energy_constrained_forces_are_minus_energy_gradient(ds):
+    """Central differences.  lam = 1e-4 keeps the coefficients small: at lam = 1e-8 the energy weights
+    (~1e6) leave ~1e-8 kcal/mol of round-off in E, which dominates a difference quotient with
+    h <= 1e-5 (errors ~1e-4 relative); here h = 1e-4 agrees to ~3e-8."""
+    model = _fit_small(ds, 1e-4, True)
+    x = ds.R[TEST[4]].copy()
+    _, F = model.predict(x)
+    h = 1e-4
+    for atom, k in [(0, 1), (2, 0), (4, 2), (7, 1)]:
+        plus, minus = x.copy(), x.copy()
+        plus[atom, k] += h
+        minus[atom, k] -= h
+        fd = -(model.predict(plus)[0] - model.predict(minus)[0]) / (2 * h)
+        assert abs(fd - F[atom, k]) <= 1e-6 * np.abs(F).max(), (atom, k, fd, F[atom, k])
+
+
+def test_energy_constrained_save_load_is_bitwise(tmp_path, ds, ecstr_models):
+    model, _ = ecstr_models["symmetric"]
+    model.save(tmp_path / "m.npz")
+    loaded = runtime.GDML.load(tmp_path / "m.npz")
+    assert loaded.energy_constraints and loaded.info["energy_constraints"]
+    E0, F0 = model.predict(ds.R[TEST])
+    E1, F1 = loaded.predict(ds.R[TEST])
+    assert np.array_equal(E0, E1) and np.array_equal(F0, F1)
+
+
+def test_energy_constraints_need_energies(ds):
+    model = runtime.GDML(sigma=SIGMA, symmetries=None, progress=False, energy_constraints=True)
+    with pytest.raises(ValueError, match="energy_constraints=True needs training energies"):
+        model.fit(ds.R[SMALL], ds.F[SMALL], None, ds.z)
