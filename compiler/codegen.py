@@ -120,79 +120,82 @@ def model_source(prog: KernelProgram) -> list:
     present = prog.present
     terms = _rank_one_terms(present)
     vectors = sorted({v for _, a, b in terms for v in (a, b)})
-    slot = {v: k for k, v in enumerate(vectors)}
-    sources = {"u_delta": ("jac", "f", "k", "diff"), "u_dp": ("jac", "f", "k", "dp[g]"),
-               "w_delta": ("jacp", "g", "l", "diff"), "w_d": ("jacp", "g", "l", "d[f]")}
+    # which descriptor-space vector each atom-space vector contracts, per permutation p
+    contracted = {"u_delta": "diff", "u_dp": "b", "w_delta": "diff", "w_d": "d[f]"}
     identity = ("g_t - 2.0 * g_s" if present["g_t"] and present["g_s"] else
                 "-2.0 * g_s" if present["g_s"] else "g_t")
+    layout = ["A (F, 3N)"] + [f"{v} (P, 3N)" for v in vectors] + [f"coef{n} (P,)" for n in range(len(terms))]
 
-    L = [f"N_WORK_VECTORS = {max(len(vectors), 1)}  # rank-one vectors per block: {', '.join(vectors) or 'none'}",
-         "", "",
+    L = [NJIT, "def work_size(n_features, n3, n_perms):",
+         f'    """Scratch doubles force_block_parts needs: {", ".join(layout)}."""',
+         f"    return n_features * n3 + {len(vectors)} * n_perms * n3 + {len(terms)} * n_perms", "", "",
          NJIT, "def force_block_parts(d, jac, dp, jacp, atoms, fperms, hyper, out, work):",
          '    """out (3N, 3N) = sum over permutations P of J(x)^T H(d, dp_P) J(x\'_P),',
-         "    H = d2k/dd ddp^T = (g_t - 2 g_s) I + rank-one terms; J sparse (F, K, 3) with atom",
-         "    table atoms (F, K); dp_P = dp[fperms[p]], J(x'_P) = jacp[fperms[p]].",
-         f"    Structure found in the kernel: identity coefficient {identity}; rank-one terms:",
-         f"    {'; '.join(f'{c} {a} {b}^T' for c, a, b in terms) or 'none'}.\"\"\"",
+         "    H = d2k/dd ddp^T = c_P I + rank-one terms; J sparse (F, K, 3) with atom table atoms",
+         "    (F, K); dp_P = dp[fperms[p]], J(x'_P) = jacp[fperms[p]]; work: work_size(F, 3N, P).",
+         f"    Structure found in the kernel: c_P = {identity}; rank-one terms:",
+         f"    {'; '.join(f'{c} {a} {b}^T' for c, a, b in terms) or 'none'}.",
+         "    Summed over P in descriptor space first, so that the expensive products are long",
+         "    contiguous rows (vectorised): out = J^T A + sum_P U_P coef_P W_P^T with",
+         '    A = sum_P c_P J\'_P (F, 3N) and U_P, W_P (3N) the rank-one vectors."""',
          "    n_features, n_slots = atoms.shape",
          "    n3 = out.shape[0]",
-         "    out[:, :] = 0.0",
-         "    for p in range(fperms.shape[0]):",
-         "        perm = fperms[p]",
-         "        s = 0.0",
-         "        t = 0.0",
-         "        for f in range(n_features):",
-         "            b = dp[perm[f]]",
-         "            diff = d[f] - b",
-         "            s += diff * diff",
-         "            t += d[f] * b",
-         "        g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
-         f"        c_identity = {identity}",
-         "        # identity term: c_identity * J^T J'_P, scattered through the atom tables",
-         "        for f in range(n_features):",
-         "            g = perm[f]",
-         "            for k in range(n_slots):",
-         "                a3 = 3 * atoms[f, k]",
-         "                x0 = c_identity * jac[f, k, 0]",
-         "                x1 = c_identity * jac[f, k, 1]",
-         "                x2 = c_identity * jac[f, k, 2]",
-         "                for l in range(n_slots):",
-         "                    b3 = 3 * atoms[g, l]",
-         "                    y0 = jacp[g, l, 0]",
-         "                    y1 = jacp[g, l, 1]",
-         "                    y2 = jacp[g, l, 2]",
-         "                    out[a3, b3] += x0 * y0",
-         "                    out[a3, b3 + 1] += x0 * y1",
-         "                    out[a3, b3 + 2] += x0 * y2",
-         "                    out[a3 + 1, b3] += x1 * y0",
-         "                    out[a3 + 1, b3 + 1] += x1 * y1",
-         "                    out[a3 + 1, b3 + 2] += x1 * y2",
-         "                    out[a3 + 2, b3] += x2 * y0",
-         "                    out[a3 + 2, b3 + 1] += x2 * y1",
-         "                    out[a3 + 2, b3 + 2] += x2 * y2"]
+         "    n_perms = fperms.shape[0]",
+         "    A = work[:n_features * n3].reshape((n_features, n3))",
+         "    A[:, :] = 0.0",
+         "    offset = n_features * n3"]
+    for v in vectors:
+        L += [f"    {v} = work[offset:offset + n_perms * n3].reshape((n_perms, n3))",
+              f"    {v}[:, :] = 0.0",
+              "    offset += n_perms * n3"]
+    for n in range(len(terms)):
+        L += [f"    coef{n} = work[offset:offset + n_perms]", "    offset += n_perms"]
+    L += ["    for p in range(n_perms):",
+          "        perm = fperms[p]",
+          "        s = 0.0",
+          "        t = 0.0",
+          "        for f in range(n_features):",
+          "            b = dp[perm[f]]",
+          "            diff = d[f] - b",
+          "            s += diff * diff",
+          "            t += d[f] * b",
+          "        g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+          f"        c_identity = {identity}"]
+    L += [f"        coef{n}[p] = {coef}" for n, (coef, _, _) in enumerate(terms)]
+    L += ["        for f in range(n_features):",
+          "            g = perm[f]",
+          "            b = dp[g]",
+          "            diff = d[f] - b",
+          "            # row f of A gains c_P times row g of J', scattered through its atom table",
+          "            for l in range(n_slots):",
+          "                b3 = 3 * atoms[g, l]"]
+    L += [f"                A[f, b3 + {c}] += c_identity * jacp[g, l, {c}]" for c in range(3)]
+    for v in (w for w in vectors if w.startswith("w_")):
+        L += [f"                {v}[p, b3 + {c}] += jacp[g, l, {c}] * {contracted[v]}" for c in range(3)]
+    left = [v for v in vectors if v.startswith("u_")]
+    if left:
+        L += ["            for k in range(n_slots):", "                a3 = 3 * atoms[f, k]"]
+        for v in left:
+            L += [f"                {v}[p, a3 + {c}] += jac[f, k, {c}] * {contracted[v]}" for c in range(3)]
+    L += ["    # out = J^T A: every nonzero of J adds a multiple of a row of A",
+          "    out[:, :] = 0.0",
+          "    for f in range(n_features):",
+          "        for k in range(n_slots):",
+          "            a3 = 3 * atoms[f, k]",
+          "            for c in range(3):",
+          "                x = jac[f, k, c]",
+          "                row = out[a3 + c]",
+          "                for b in range(n3):",
+          "                    row[b] += x * A[f, b]"]
     if terms:
-        L += ["        # rank-one terms: J^T (.) and J'_P^T (.) of delta = d - dp_P, d and dp_P",
-              "        work[:, :] = 0.0"]
-        L += [f"        {v} = work[{slot[v]}]" for v in vectors]
-        L += ["        for f in range(n_features):",
-              "            g = perm[f]",
-              "            diff = d[f] - dp[g]"]
-        left = [v for v in vectors if v.startswith("u_")]
-        right = [v for v in vectors if v.startswith("w_")]
-        for group in (left, right):
-            if not group:
-                continue
-            mat, row, idx, _ = sources[group[0]]
-            L += [f"            for {idx} in range(n_slots):",
-                  f"                a3 = 3 * atoms[{row}, {idx}]"]
-            for v in group:
-                scale = sources[v][3]
-                L += [f"                {v}[a3 + {c}] += {mat}[{row}, {idx}, {c}] * {scale}" for c in range(3)]
-        L += ["        for a in range(n3):"]
-        for n, (coef, a, b) in enumerate(terms):
-            L += [f"            c{n} = ({coef}) * {a}[a]"]
-        L += ["            for b in range(n3):",
-              "                out[a, b] += " + " + ".join(f"c{n} * {b_}[b]" for n, (_, _, b_) in enumerate(terms))]
+        L += ["    # rank-one terms, all permutations",
+              "    for a in range(n3):",
+              "        row = out[a]",
+              "        for p in range(n_perms):"]
+        for n, (_, u, w) in enumerate(terms):
+            L += [f"            x = coef{n}[p] * {u}[p, a]",
+                  "            for b in range(n3):",
+                  f"                row[b] += x * {w}[p, b]"]
     L += ["", ""]
 
     L += [NJIT_PARALLEL, "def assemble_rows(D, JAC, atoms, fperms, hyper, K, rows, n_atoms, mirror):",
@@ -205,12 +208,19 @@ def model_source(prog: KernelProgram) -> list:
           "    for r in prange(rows.shape[0]):",
           "        i = rows[r]",
           "        block = np.empty((n3, n3))",
-          "        work = np.empty((N_WORK_VECTORS, n3))",
+          "        work = np.empty(work_size(D.shape[1], n3, fperms.shape[0]))",
           "        for j in range(i, M):",
           "            force_block_parts(D[i], JAC[i], D[j], JAC[j], atoms, fperms, hyper, block, work)",
-          "            K[i * n3:(i + 1) * n3, j * n3:(j + 1) * n3] = block",
+          "            # explicit loops: Numba's 2-D slice assignment costs more than the copy itself",
+          "            for a in range(n3):",
+          "                K_row = K[i * n3 + a]",
+          "                for b in range(n3):",
+          "                    K_row[j * n3 + b] = block[a, b]",
           "            if mirror and j != i:",
-          "                K[j * n3:(j + 1) * n3, i * n3:(i + 1) * n3] = block.T",
+          "                for b in range(n3):",
+          "                    K_row = K[j * n3 + b]",
+          "                    for a in range(n3):",
+          "                        K_row[i * n3 + a] = block[a, b]",
           "", ""]
 
     L += [NJIT_PARALLEL, "def predict(DQ, JACQ, atoms, DT, BT, hyper, E, F):",
@@ -252,6 +262,44 @@ def model_source(prog: KernelProgram) -> list:
           "                forces[a, 0] += jac[f, k, 0] * acc[f]",
           "                forces[a, 1] += jac[f, k, 1] * acc[f]",
           "                forces[a, 2] += jac[f, k, 2] * acc[f]",
+          "", ""]
+    L += [NJIT_PARALLEL, "def predict_coefficients(DQ, DT, NQ, NT, T, DB, DTB, hyper, CI, CD, CP, E):",
+          '    """Batched prediction, elementwise part.  From the matrix products T = DQ DT^T and',
+          "    DB = DQ BT^T (Q, MP), NQ = |DQ|^2, NT = |DT|^2, DTB = rowwise DT . BT (MP,): the",
+          "    coefficients of H beta = CI beta + CD (d - dt) + CP dt for every (query, training)",
+          "    pair, and the energies E (Q,).  s = NQ + NT - 2 T loses digits when d ~ dt, so",
+          '    there (s below 1e-6 of NQ + NT) s is recomputed from the descriptors."""',
+          "    n_features = DQ.shape[1]",
+          "    for q in prange(DQ.shape[0]):",
+          "        energy = 0.0",
+          "        for m in range(DT.shape[0]):",
+          "            t = T[q, m]",
+          "            s = NQ[q] + NT[m] - 2.0 * t",
+          "            if s < 1e-6 * (NQ[q] + NT[m]):",
+          "                s = 0.0",
+          "                for f in range(n_features):",
+          "                    s += (DQ[q, f] - DT[m, f]) * (DQ[q, f] - DT[m, f])",
+          "            d_beta = DB[q, m]",
+          "            delta_beta = d_beta - DTB[m]",
+          "            g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+          f"            CI[q, m] = {identity}",
+          "            CD[q, m] = -4.0 * g_ss * delta_beta + 2.0 * g_st * d_beta",
+          "            CP[q, m] = -2.0 * g_st * delta_beta + g_tt * d_beta",
+          "            energy += 2.0 * g_s * delta_beta - g_t * d_beta",
+          "        E[q] = energy",
+          "", ""]
+    L += [NJIT_PARALLEL, "def forces_from_descriptor_gradients(JACQ, atoms, ACC, F):",
+          '    """F[q] = J(x_q)^T ACC[q]: atom-space forces (Q, N, 3) from descriptor-space ACC (Q, F)."""',
+          "    n_features, n_slots = atoms.shape",
+          "    for q in prange(JACQ.shape[0]):",
+          "        forces = F[q]",
+          "        forces[:, :] = 0.0",
+          "        for f in range(n_features):",
+          "            for k in range(n_slots):",
+          "                a = atoms[f, k]",
+          "                forces[a, 0] += JACQ[q, f, k, 0] * ACC[q, f]",
+          "                forces[a, 1] += JACQ[q, f, k, 1] * ACC[q, f]",
+          "                forces[a, 2] += JACQ[q, f, k, 2] * ACC[q, f]",
           "", ""]
     L += [NJIT_PARALLEL, "def contract(JAC, atoms, V, B):",
           '    """B[m] = J(x_m) V[m]: descriptor-space vectors (M, F) from atom-space V (M, N, 3)."""',

@@ -286,7 +286,7 @@ class CompiledModel:
         n = np.asarray(x).shape[0]
         fperms = self.feature_permutations(perms, n)
         out = np.empty((3 * n, 3 * n))
-        work = np.empty((self.module.N_WORK_VECTORS, 3 * n))
+        work = np.empty(self.module.work_size(D.shape[1], 3 * n, len(fperms)))
         self.module.force_block_parts(D[0], JAC[0], D[1], JAC[1], self.descriptor.atom_table(n),
                                       fperms, h, out, work)
         return out
@@ -311,7 +311,38 @@ class CompiledModel:
         self.module.assemble_energy_rows(D, JAC, self.descriptor.atom_table(n_atoms), fperms, hyper, K,
                                          n_atoms)
 
-    def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms):
+    def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms, chunk=256):
+        """Energies (Q,) and forces (Q, N, 3) from query descriptors and Jacobians against the
+        permuted training descriptors DT and coefficients BT (MP, F).
+
+        The descriptor-space sums are matrix products (BLAS) around one generated
+        elementwise kernel: T = DQ DT^T, DB = DQ BT^T, then the kernel coefficients per
+        pair, then H beta summed over training points = CI BT + rowsum(CD) DQ + (CP - CD) DT.
+        Queries go in chunks to bound the (chunk, MP) scratch matrices."""
+        Q = DQ.shape[0]
+        E, F = np.empty(Q), np.empty((Q, n_atoms, 3))
+        atoms = self.descriptor.atom_table(n_atoms)
+        NT = np.einsum("mf,mf->m", DT, DT)
+        DTB = np.einsum("mf,mf->m", DT, BT)
+        with single_threaded_blas():
+            self._predict_chunks(DQ, JACQ, DT, BT, hyper, atoms, NT, DTB, E, F, chunk)
+        return E, F
+
+    def _predict_chunks(self, DQ, JACQ, DT, BT, hyper, atoms, NT, DTB, E, F, chunk):
+        for start in range(0, DQ.shape[0], chunk):
+            dq = np.ascontiguousarray(DQ[start:start + chunk])
+            q = len(dq)
+            T, DB = dq @ DT.T, dq @ BT.T
+            CI, CD, CP = np.empty_like(T), np.empty_like(T), np.empty_like(T)
+            self.module.predict_coefficients(dq, DT, np.einsum("qf,qf->q", dq, dq), NT, T, DB, DTB, hyper,
+                                             CI, CD, CP, E[start:start + q])
+            acc = CI @ BT + CD.sum(axis=1)[:, None] * dq + (CP - CD) @ DT
+            self.module.forces_from_descriptor_gradients(np.ascontiguousarray(JACQ[start:start + q]), atoms,
+                                                         acc, F[start:start + q])
+
+    def predict_parts_direct(self, DQ, JACQ, DT, BT, hyper, n_atoms):
+        """The same as predict_parts by one fused loop per query (no BLAS): slower for
+        batches, kept as an independent check of the batched path."""
         E = np.empty(DQ.shape[0])
         F = np.empty((DQ.shape[0], n_atoms, 3))
         self.module.predict(DQ, JACQ, self.descriptor.atom_table(n_atoms), DT, BT, hyper, E, F)
@@ -327,6 +358,20 @@ class CompiledModel:
         B = np.empty((JAC.shape[0], JAC.shape[1]))
         self.module.contract(JAC, self.descriptor.atom_table(n_atoms), np.ascontiguousarray(V, float), B)
         return B
+
+
+_BLAS_CONTROLLER = None
+
+
+def single_threaded_blas():
+    """Context: BLAS on one thread.  Prediction alternates small matrix products with Numba's
+    parallel loops; two thread pools that spin while waiting for each other on the same cores
+    made batches of 10 geometries 20-100x slower on a loaded 2-core machine."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _single(x, what):

@@ -253,6 +253,14 @@ def test_predict_parts_matches_dense_reference(desc, kern):
     DQ, JACQ, _ = m.descriptor.evaluate(X, z)
     E, F = m.predict_parts(DQ, JACQ, DT, BT, hyper, n)
     assert E.shape == (2,) and F.shape == (2, n, 3)
+    # the fused one-loop kernel (no BLAS) agrees with the batched path, which is checked
+    # against JAX below; also at training geometries, where s = 0 exactly (the batched path
+    # must recompute s there rather than take |d|^2 + |d'|^2 - 2 d.d')
+    DR, JACR, _ = m.descriptor.evaluate(R[:2], z)
+    for dq, jq in ((DQ, JACQ), (DR, JACR)):
+        Eb, Fb = m.predict_parts(dq, jq, DT, BT, hyper, n)
+        Ed, Fd = m.predict_parts_direct(dq, jq, DT, BT, hyper, n)
+        assert rel(Fb, Fd) <= 1e-12 and rel(Eb, Ed) <= 1e-12
 
     # Forces: sum_j C(x, x_j) alpha_j with every block by JAX AD (one by jax_force_block).
     assert rel(chain_rule_block(desc, kern, X[0], R[0], perms, z, sigma),
