@@ -318,27 +318,35 @@ class CompiledModel:
         The descriptor-space sums are matrix products (BLAS) around one generated
         elementwise kernel: T = DQ DT^T, DB = DQ BT^T, then the kernel coefficients per
         pair, then H beta summed over training points = CI BT + rowsum(CD) DQ + (CP - CD) DT.
-        Queries go in chunks to bound the (chunk, MP) scratch matrices."""
+        Descriptors are centred on the training mean first: differences such as
+        (d - dt).beta = d.beta - dt.beta then cancel far less.  Queries go in chunks to
+        bound the (chunk, MP) scratch matrices."""
         Q = DQ.shape[0]
         E, F = np.empty(Q), np.empty((Q, n_atoms, 3))
-        atoms = self.descriptor.atom_table(n_atoms)
-        NT = np.einsum("mf,mf->m", DT, DT)
-        DTB = np.einsum("mf,mf->m", DT, BT)
+        centre = DT.mean(axis=0)
+        DTc = DT - centre
+        training = {"DT": DTc, "NT": np.einsum("mf,mf->m", DTc, DTc), "TC": DTc @ centre,
+                    "TB": np.einsum("mf,mf->m", DTc, BT), "CB": BT @ centre, "centre": centre}
         with single_threaded_blas():
-            self._predict_chunks(DQ, JACQ, DT, BT, hyper, atoms, NT, DTB, E, F, chunk)
+            for start in range(0, Q, chunk):
+                part = slice(start, start + chunk)
+                E[part], F[part] = self._predict_chunk(DQ[part], JACQ[part], training, BT, hyper, n_atoms)
         return E, F
 
-    def _predict_chunks(self, DQ, JACQ, DT, BT, hyper, atoms, NT, DTB, E, F, chunk):
-        for start in range(0, DQ.shape[0], chunk):
-            dq = np.ascontiguousarray(DQ[start:start + chunk])
-            q = len(dq)
-            T, DB = dq @ DT.T, dq @ BT.T
-            CI, CD, CP = np.empty_like(T), np.empty_like(T), np.empty_like(T)
-            self.module.predict_coefficients(dq, DT, np.einsum("qf,qf->q", dq, dq), NT, T, DB, DTB, hyper,
-                                             CI, CD, CP, E[start:start + q])
-            acc = CI @ BT + CD.sum(axis=1)[:, None] * dq + (CP - CD) @ DT
-            self.module.forces_from_descriptor_gradients(np.ascontiguousarray(JACQ[start:start + q]), atoms,
-                                                         acc, F[start:start + q])
+    def _predict_chunk(self, DQ, JACQ, tr, BT, hyper, n_atoms):
+        c = tr["centre"]
+        dq = DQ - c
+        q = len(dq)
+        T, DB = dq @ tr["DT"].T, dq @ BT.T
+        CI, CD, CP = np.empty_like(T), np.empty_like(T), np.empty_like(T)
+        E, F = np.empty(q), np.empty((q, n_atoms, 3))
+        self.module.predict_coefficients(dq, tr["DT"], np.einsum("qf,qf->q", dq, dq), tr["NT"], T, DB,
+                                         dq @ c + c @ c, tr["TC"], tr["TB"], tr["CB"], hyper, CI, CD, CP, E)
+        # sum_m H beta_m; the (d - dt) terms in centred coordinates
+        acc = CI @ BT + CD.sum(axis=1)[:, None] * dq - CD @ tr["DT"] + CP @ (tr["DT"] + c)
+        self.module.forces_from_descriptor_gradients(np.ascontiguousarray(JACQ), self.descriptor.atom_table(n_atoms),
+                                                     acc, F)
+        return E, F
 
     def predict_parts_direct(self, DQ, JACQ, DT, BT, hyper, n_atoms):
         """The same as predict_parts by one fused loop per query (no BLAS): slower for

@@ -2,8 +2,10 @@
 
 Each primitive states, in one place, its value (numpy), its local partial
 derivatives (as IR, so they can be differentiated again), and how it is
-spelled in Numba, JAX and sympy.  Adding a primitive means adding one entry
-here and, if the DSL should expose it, one name in :data:`DSL_FUNCTIONS`.
+spelled in Numba, JAX and sympy (and in Numba CUDA, where that differs from
+the CPU spelling: ``cuda`` defaults to the ``numba`` column).  Adding a primitive
+means adding one entry here and, if the DSL should expose it, one name in
+:data:`DSL_FUNCTIONS`.
 
 Forward and reverse mode both use ``partials``: a tangent is
 ``sum_i partial_i * tangent(arg_i)`` and an adjoint contribution is
@@ -29,6 +31,11 @@ class Primitive:
     jax: str
     sympy: Callable             # sympy constructor
     differentiable: bool = True
+    cuda: str | None = None     # Numba CUDA spelling; None: same as ``numba``
+
+    def __post_init__(self):
+        if self.cuda is None:
+            object.__setattr__(self, "cuda", self.numba)
 
 
 def _lazy():
@@ -99,8 +106,10 @@ _TABLE = [
     _unary("arccos", np.arccos, _arccos_partials, "math.acos", "jnp.arccos", sp.acos),
     _unary("tanh", np.tanh, lambda a, o: (1.0 - o * o,), "math.tanh", "jnp.tanh", sp.tanh),
     _unary("abs", np.abs, _abs_partials, "abs", "jnp.abs", sp.Abs),
+    # np.sign is not available in CUDA device code: spell it with comparisons there
     Primitive("sign", 1, np.sign, _sign_partials, "np.sign({0})", "jnp.sign({0})", sp.sign,
-              differentiable=False),
+              differentiable=False,
+              cuda="(1.0 if {0} > 0.0 else (-1.0 if {0} < 0.0 else 0.0))"),
     Primitive("where", 3, _np_where, _where_partials,
               "({1} if {0} else {2})", "jnp.where({0}, {1}, {2})",
               lambda c, x, y: sp.Piecewise((x, c), (y, True))),

@@ -83,7 +83,8 @@ def cmd_train(args):
             raise DatasetError(f"{what} data has species {other.z.tolist()} but training data has {ds.z.tolist()}")
     sigma = parse_sigma(args.sigma)
     model = GDML(descriptor=args.descriptor, kernel=args.kernel, sigma=sigma, lam=args.lam,
-                 symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints)
+                 symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints,
+                 device=args.device)
     if args.energy_constraints and train.E is None:
         raise DatasetError(f"--energy-constraints needs energies, but {data_path} has none")
     if valid is None and len(model.sigma_grid) > 1:
@@ -127,7 +128,7 @@ def _training_frames(model, ds):
 
 
 def cmd_test(args):
-    model = GDML.load(args.model)
+    model = GDML.load(args.model).set_device(args.device)
     ds = load_dataset(args.data, labels=args.labels)
     keep = np.setdiff1d(np.arange(len(ds)), _training_frames(model, ds))
     if args.n and args.n < len(keep):
@@ -144,7 +145,7 @@ def cmd_test(args):
 
 
 def cmd_predict(args):
-    model = GDML.load(args.model)
+    model = GDML.load(args.model).set_device(args.device)
     path = Path(args.geometries)
     if path.suffix == ".npz":
         with np.load(path) as f:
@@ -182,6 +183,11 @@ def cmd_info(args):
     return 0
 
 
+def _device_option(p):
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: CUDA kernels on the GPU (falls back to the CPU, saying why, without one)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="gdmlc", description="compiled sGDML-class force fields")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +208,7 @@ def build_parser():
     p.add_argument("--labels", default="new", choices=["new", "old"], help="rMD17: new (PBE) or old (MD17) labels")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split")
     p.add_argument("-o", "--output", default="model.npz")
+    _device_option(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("test", help="errors of a model on a dataset (frames used in training are skipped)")
     p.add_argument("model")
@@ -209,11 +216,13 @@ def build_parser():
     p.add_argument("--labels", default="new", choices=["new", "old"])
     p.add_argument("--n", type=int, help="test on a random subset of this many frames")
     p.add_argument("--plot", help="write a parity plot (PNG; needs matplotlib)")
+    _device_option(p)
     p.set_defaults(func=cmd_test)
     p = sub.add_parser("predict", help="energies and forces for geometries (xyz or npz with R)")
     p.add_argument("model")
     p.add_argument("geometries")
     p.add_argument("-o", "--output", help="write E, F to this npz instead of printing")
+    _device_option(p)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("info", help="describe a model or dataset file")
     p.add_argument("file")

@@ -46,7 +46,7 @@ class GDML:
     """
 
     def __init__(self, descriptor="inverse_distances", kernel="matern52", sigma=None, lam=1e-10,
-                 symmetries="auto", progress=True, energy_constraints=False):
+                 symmetries="auto", progress=True, energy_constraints=False, device="cpu"):
         self.descriptor_dsl = resolve(descriptor, "descriptor")
         self.kernel_dsl = resolve(kernel, "kernel")
         self.sigma_grid = self._grid(sigma)
@@ -60,6 +60,16 @@ class GDML:
         self.model = compile_model(self.descriptor_dsl, self.kernel_dsl)
         self.info: dict = {}
         self._trained = False
+        self.set_device(device)
+
+    def set_device(self, device):
+        """Train and predict on 'cpu' or 'cuda' (runtime/cuda_backend.py); a 'cuda' request
+        that cannot be met prints why and keeps the CPU."""
+        from . import cuda_backend
+        self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints)
+        self._cuda = (cuda_backend.CudaBackend(self.descriptor_dsl, self.kernel_dsl)
+                      if self.device == "cuda" else None)
+        return self
 
     def _grid(self, sigma):
         if sigma is None:
@@ -115,6 +125,8 @@ class GDML:
             if valid is not None and _rising(sweep):
                 break  # as sGDML: stop once validation error rises
         del K
+        if self._cuda is not None:
+            self._cuda.release()  # the device training matrix
         result, alpha = best
         self._set_coefficients(D, JAC, fperms, alpha, result["sigma"], result["lam"])
         self._fit_energy_constant(R, E)
@@ -144,9 +156,12 @@ class GDML:
         hyper = self.model.kernel.hyper(sigma=sigma)
         lam = self.lam
         for attempt in range(MAX_JITTER_STEPS + 1):
-            assemble(self.model, D, JAC, fperms, hyper, self.n_atoms, out=K, progress=self.progress,
-                     energy_rows=self.energy_constraints)
+            if self._cuda is None:  # the CUDA backend assembles on the device inside solve()
+                assemble(self.model, D, JAC, fperms, hyper, self.n_atoms, out=K, progress=self.progress,
+                         energy_rows=self.energy_constraints)
             try:
+                if self._cuda is not None:
+                    return self._cuda.solve(D, JAC, fperms, hyper, self.n_atoms, y, lam, K, self.progress), lam
                 return cholesky_solve_inplace(K, y, lam, progress=self.progress), lam
             except NotPositiveDefiniteError as exc:
                 if attempt == MAX_JITTER_STEPS:
@@ -201,6 +216,11 @@ class GDML:
         with Progress(len(R3), "prediction", enabled=show) as bar:
             for start in range(0, len(R3), batch):
                 chunk = slice(start, start + batch)
+                if self._cuda is not None and self._WT is None:
+                    e, f = self._cuda.predict(R3[chunk], self.z, self._DT, self._BT, self._hyper, self.n_atoms)
+                    E[chunk], F[chunk] = e, f
+                    bar.update(len(e))
+                    continue
                 D, JAC, _ = self.model.descriptor.evaluate(R3[chunk], self.z)
                 e, f = self.model.predict_parts(D, JAC, self._DT, self._BT, self._hyper, self.n_atoms)
                 if self._WT is not None:

@@ -1,0 +1,418 @@
+"""Run sGDML 1.0.3 through its own Python API and time it (runs in benchmarks/.sgdml-venv).
+
+This file is executed by the sGDML virtual environment's interpreter, never imported by
+gdmlc: only the standard library, numpy, scipy, torch and sgdml are available here.
+``benchmarks/sgdml_runner.py`` (in gdmlc's environment) writes the inputs and calls::
+
+    python sgdml_driver.py train CONFIG.json     # train + predict + time, see run_train()
+    python sgdml_driver.py cli ARGS...           # the `sgdml ARGS...` command line
+
+``train``: CONFIG.json names an input npz (R, z, F[, E], train_idx, R_test[, perms]) and
+the output files.  sGDML is driven as its own CLI drives it (GDMLTrain.create_task ->
+GDMLTrain.train -> GDMLPredict), with these differences, all needed to compare systems:
+
+* exactly the given training frames: create_task gets a dataset holding only those frames
+  with n_train = their number (its stratified sampler then returns them all, in order) and
+  n_valid = 0;
+* the given permutations (create_task(perms=...), stored as task['perms'], shape (P, N));
+* the given sigma and lambda; energy constraints off (use_E_cstr=False); use_E = energies
+  were given.
+
+Timers (time.perf_counter) are put around sGDML internals by monkeypatching, in this
+process only:
+
+* assembly: ``GDMLTrain._assemble_kernel_mat`` (whole call: allocation of K and filling it,
+  by the process pool on the numpy path or GDMLTorchAssemble on the torch path);
+* solve: ``sgdml.solvers.analytic.Analytic.solve`` minus the assembly inside it, i.e. the
+  negated copy ``K = -K``, adding lambda to the diagonal, ``scipy.linalg.cho_factor``
+  (overwrite_a=False: a second copy) and ``cho_solve``;
+* cholesky: ``scipy.linalg.cho_factor`` + ``scipy.linalg.cho_solve`` only;
+* train: the whole ``GDMLTrain.train(task)`` (descriptors, assembly, solve, model
+  creation, integration constant, which predicts the training set once);
+* create_task: ``GDMLTrain.create_task`` (dataset hashing; kept apart from train as in the
+  CLI, where tasks are written before training).
+
+Peak memory of the training repeats, three ways (prediction and symmetry search come after):
+
+* peak_rss_self_bytes: this process's VmHWM (/proc/self/status) after resetting it to the
+  current RSS just before training (``echo 5 > /proc/self/clear_refs``; if the kernel
+  refuses, VmHWM since exec).  Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries
+  that across fork+exec, so it would include the RSS of the gdmlc process that started us.
+  On the numpy path K lives in shared memory that this process maps and touches (K = -K),
+  so it is counted here too.
+* peak_rss_children_bytes: ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the largest reaped
+  worker, e.g. the assembly pool; a forked child starts from this process's RSS).
+* peak_pss_total_bytes: the largest sum of PSS (proportional set size: shared pages split
+  between the processes sharing them) over this process and all its descendants, sampled
+  every 0.2 s by a thread (psutil; a sample costs a few ms of GIL time, so not more
+  often): the total memory footprint; a peak shorter than that can be missed.
+
+Prediction throughput and sGDML's own symmetry search (``sgdml.utils.perm.find_perms`` on
+the training geometries, as create_task calls it) are measured after the training.
+
+``cli``: calls ``sgdml.cli.main()`` (what the ``sgdml`` console script runs) with
+``sys.argv = ['sgdml', ARGS...]``, after replacing its two start-up calls to
+api.sgdml.org (update check, billboard: one-second network timeouts each, unreachable
+here) by no-ops, so that they neither add network waits to the timing nor leave the
+machine.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import threading
+import time
+
+
+def _log(text):
+    print(f"[sgdml-driver] {text}", file=sys.stderr, flush=True)
+
+
+def _maxrss_bytes(who):
+    return int(resource.getrusage(who).ru_maxrss) * 1024  # Linux: kilobytes
+
+
+def _status_bytes(field):
+    """VmHWM / VmRSS of this process from /proc/self/status, in bytes (None if unreadable)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss():
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _PssSampler(threading.Thread):
+    """Largest total PSS of this process and its descendants, sampled every `interval` s."""
+
+    def __init__(self, interval=0.2):
+        super().__init__(daemon=True)
+        import psutil
+
+        self._psutil = psutil
+        self._proc = psutil.Process()
+        self._stop_event = threading.Event()
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+
+    def sample(self):
+        psutil = self._psutil
+        total = 0
+        try:
+            procs = [self._proc] + self._proc.children(recursive=True)
+        except psutil.Error:
+            procs = [self._proc]
+        for proc in procs:
+            try:
+                total += proc.memory_full_info().pss
+            except psutil.Error:  # a worker that just exited
+                pass
+        self.peak = max(self.peak, total)
+        self.samples += 1
+
+    def run(self):
+        self.sample()
+        while not self._stop_event.wait(self.interval):
+            self.sample()
+
+    def stop(self):
+        self._stop_event.set()
+        self.join()
+        self.sample()
+        return self.peak
+
+
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    return 0.5 * (values[(n - 1) // 2] + values[n // 2])
+
+
+def _versions():
+    import numpy
+    import scipy
+    import sgdml
+
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover - the venv always has torch
+        torch_version = None
+    return {"sgdml": sgdml.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
+            "torch": torch_version, "python": platform.python_version()}
+
+
+class _Timers:
+    """Monkeypatched timers around sGDML's training internals (see module docstring)."""
+
+    def __init__(self, gdml_train):
+        import scipy.linalg
+        from sgdml.solvers import analytic
+
+        self.assembly, self.solve_total, self.cholesky = [], [], []
+        self._chol_acc = 0.0
+
+        original_assemble = gdml_train._assemble_kernel_mat
+
+        def assemble(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = original_assemble(*args, **kwargs)
+            self.assembly.append(time.perf_counter() - t0)
+            return out
+
+        gdml_train._assemble_kernel_mat = assemble  # instance attribute shadows the method
+
+        original_solve = analytic.Analytic.solve
+
+        def solve(solver, *args, **kwargs):
+            self._chol_acc = 0.0
+            t0 = time.perf_counter()
+            out = original_solve(solver, *args, **kwargs)
+            self.solve_total.append(time.perf_counter() - t0)
+            self.cholesky.append(self._chol_acc)
+            return out
+
+        analytic.Analytic.solve = solve
+
+        for name in ("cho_factor", "cho_solve"):  # analytic.py calls sp.linalg.<name>
+            original = getattr(scipy.linalg, name)
+
+            def timed(*args, _original=original, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    self._chol_acc += time.perf_counter() - t0
+
+            setattr(scipy.linalg, name, timed)
+
+
+def _tile_to(R, n):
+    """n geometries: R repeated cyclically (R has at least one)."""
+    import numpy as np
+
+    reps = -(-n // len(R))
+    return np.ascontiguousarray(np.concatenate([R] * reps)[:n])
+
+
+def run_train(config_path):
+    import multiprocessing as mp
+
+    import numpy as np
+    import psutil
+
+    with open(config_path) as fh:
+        cfg = json.load(fh)
+    data = np.load(cfg["input"], allow_pickle=False)
+    R, z, F = data["R"], data["z"], data["F"]
+    E = data["E"] if "E" in data.files else None
+    train_idx = data["train_idx"]
+    R_test = data["R_test"]
+    perms_mode = cfg["perms"]  # 'given' | 'identity' | 'sgdml'
+    use_torch = bool(cfg["use_torch"])
+    sigma, lam = cfg["sigma"], float(cfg["lam"])
+    repeats, train_repeats = int(cfg["repeats"]), int(cfg["train_repeats"])
+    batches = [int(b) for b in cfg["batches"]]
+    tune_parallel = bool(cfg.get("prepare_parallel", True))
+
+    from sgdml.predict import GDMLPredict
+    from sgdml.train import GDMLTrain
+    from sgdml.utils import perm as sgdml_perm
+
+    # The CLI's defaults: all memory (GB) and all CPUs.
+    max_memory = int(psutil.virtual_memory().total // 2**30)
+    max_processes = mp.cpu_count()
+
+    n_train = len(train_idx)
+    R_train = np.ascontiguousarray(R[train_idx])
+    train_ds = {
+        "type": "d", "name": np.array(cfg.get("name", "benchmark")),
+        "theory": np.array(cfg.get("theory", "unknown")),
+        "R": R_train, "z": z, "F": np.ascontiguousarray(F[train_idx]),
+    }
+    if E is not None:
+        train_ds["E"] = np.ascontiguousarray(E[train_idx])
+    use_E = E is not None
+
+    perms = None
+    use_sym = True
+    result = {"system": "sgdml", "path": "torch" if use_torch else "numpy",
+              "use_torch": use_torch, "n_train": n_train, "n_atoms": int(R.shape[1]),
+              "sigma": sigma, "lam": lam, "use_E": use_E, "perms_mode": perms_mode,
+              "max_memory_gb": max_memory, "max_processes": max_processes,
+              "versions": _versions()}
+
+    sym_time = None
+    sgdml_perms = None
+    if perms_mode == "given":
+        perms = np.asarray(data["perms"], dtype=np.int64)
+    elif perms_mode == "identity":
+        use_sym = False
+    elif perms_mode == "sgdml":  # use sGDML's own search (then it is timed here, once)
+        t0 = time.perf_counter()
+        sgdml_perms = sgdml_perm.find_perms(R_train, z, max_processes=max_processes)
+        sym_time = time.perf_counter() - t0
+        perms = sgdml_perms
+    else:
+        raise ValueError(f"unknown perms mode {perms_mode!r}")
+
+    gdml_train = GDMLTrain(max_memory=max_memory, max_processes=max_processes,
+                           use_torch=use_torch)
+    timers = _Timers(gdml_train)
+
+    rss_before = _status_bytes("VmRSS")
+    hwm_reset = _reset_peak_rss()
+    sampler = _PssSampler()
+    sampler.start()
+    t_create, t_train = [], []
+    model = None
+    for rep in range(train_repeats):
+        t0 = time.perf_counter()
+        task = gdml_train.create_task(train_ds, n_train, train_ds, 0, sig=sigma, lam=lam,
+                                      perms=perms, use_sym=use_sym, use_E=use_E,
+                                      use_E_cstr=False)
+        t_create.append(time.perf_counter() - t0)
+        if not np.array_equal(task["idxs_train"], np.arange(n_train)):
+            raise RuntimeError("sGDML did not take the training frames in the given order")
+        task["idxs_train"] = np.asarray(train_idx)  # informational only: training uses R_train
+        del model
+        t0 = time.perf_counter()
+        model = gdml_train.train(task)
+        t_train.append(time.perf_counter() - t0)
+        _log(f"train {rep + 1}/{train_repeats}: {t_train[-1]:.3f} s "
+             f"(assembly {timers.assembly[-1]:.3f} s, solve "
+             f"{timers.solve_total[-1] - timers.assembly[-1]:.3f} s)")
+    if model["solver_name"] != "analytic":
+        raise RuntimeError(f"sGDML used its {model['solver_name']!r} solver, not the closed-form "
+                           "Cholesky one (not enough memory?)")
+    peak_pss = sampler.stop()
+    peak_self = _status_bytes("VmHWM")
+    peak_children = _maxrss_bytes(resource.RUSAGE_CHILDREN)
+
+    result["timings"] = {
+        "assembly": timers.assembly,
+        "solve": [s - a for s, a in zip(timers.solve_total, timers.assembly)],
+        "cholesky": timers.cholesky,
+        "train": t_train,
+        "create_task": t_create,
+    }
+    result["memory"] = {"rss_before_train_bytes": rss_before,
+                        "peak_rss_self_bytes": peak_self,
+                        "peak_rss_self_since": "training" if hwm_reset else "exec",
+                        "peak_rss_children_bytes": peak_children,
+                        "peak_pss_total_bytes": peak_pss,
+                        "pss_samples": sampler.samples,
+                        "peak_rss_train_bytes": peak_self}
+    result["n_perms"] = int(model["perms"].shape[0])
+    result["perms_used"] = np.asarray(model["perms"]).tolist()
+    result["energy_constant"] = float(model["c"])
+    result["label_std"] = float(model["std"])
+    result["solver"] = str(model["solver_name"])
+
+    # ---------------------------------------------------------------- prediction
+    predictor = GDMLPredict(model, max_memory=max_memory, max_processes=max_processes,
+                            use_torch=use_torch)
+    n_atoms = R.shape[1]
+    E_pred, F_pred = predictor.predict(R_test.reshape(len(R_test), -1))
+    out_arrays = {"E_pred": np.asarray(E_pred, dtype=np.float64),
+                  "F_pred": np.asarray(F_pred, dtype=np.float64).reshape(len(R_test), n_atoms, 3)}
+    if use_torch:
+        # GDMLPredict.predict casts R to float32 before the (float64) torch model; the same
+        # model called with float64 geometries shows how much that rounding costs.
+        import torch
+
+        tp = predictor.torch_predict
+        tp = tp.module if isinstance(tp, torch.nn.DataParallel) else tp
+        with torch.no_grad():
+            E64, F64 = tp.forward(torch.from_numpy(np.ascontiguousarray(R_test, dtype=np.float64)))
+        out_arrays["E_pred_float64_input"] = E64.cpu().numpy().astype(np.float64)
+        out_arrays["F_pred_float64_input"] = F64.cpu().numpy().astype(np.float64).reshape(
+            len(R_test), n_atoms, 3)
+
+    throughput, predict_times, predict_config = {}, {}, {}
+    for b in batches:
+        Rb = _tile_to(R_test, b).reshape(b, -1)
+        config = {}
+        if not use_torch and tune_parallel:
+            # What `sgdml test` does before predicting: benchmark-tune workers/chunking.
+            t0 = time.perf_counter()
+            predictor.prepare_parallel(n_bulk=b)
+            config["prepare_parallel_s"] = time.perf_counter() - t0
+            config.update(num_workers=int(predictor.num_workers),
+                          chunk_size=int(predictor.chunk_size), bulk_mp=bool(predictor.bulk_mp))
+        elif not use_torch:
+            config.update(num_workers=int(predictor.num_workers),
+                          chunk_size=int(predictor.chunk_size), bulk_mp=bool(predictor.bulk_mp))
+        else:
+            import sgdml.torchtools as torchtools  # geometries per torch pass (<= n_train on CPU)
+
+            config["torch_batch_size"] = int(torchtools._batch_size)
+        predictor.predict(Rb)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predictor.predict(Rb)
+            times.append(time.perf_counter() - t0)
+        throughput[str(b)] = b / _median(times)
+        predict_times[str(b)] = times
+        predict_config[str(b)] = config
+        _log(f"predict batch {b}: {throughput[str(b)]:.1f} geometries/s")
+    result["throughput"] = throughput
+    result["predict_times"] = predict_times
+    result["predict_config"] = predict_config
+    del predictor
+
+    # ---------------------------------------------------------------- symmetry search
+    if sgdml_perms is None:
+        t0 = time.perf_counter()
+        sgdml_perms = sgdml_perm.find_perms(R_train, z, max_processes=max_processes)
+        sym_time = time.perf_counter() - t0
+    result["symmetry"] = {"time": sym_time, "n_perms": int(len(sgdml_perms)),
+                          "perms": np.asarray(sgdml_perms).tolist(),
+                          "n_geometries": n_train}
+    _log(f"symmetry search: {len(sgdml_perms)} permutations in {sym_time:.3f} s")
+
+    np.savez(cfg["output_npz"], **out_arrays)
+    with open(cfg["output_json"], "w") as fh:
+        json.dump(result, fh, indent=1)
+
+
+def run_cli(argv):
+    import sgdml.cli as cli
+
+    cli._check_update = lambda: (False, "")
+    cli._print_billboard = lambda: None
+    sys.argv = ["sgdml"] + list(argv)
+    cli.main()
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 1 and argv[0] == "cli":
+        run_cli(argv[1:])
+    elif len(argv) == 2 and argv[0] == "train":
+        run_train(argv[1])
+    else:
+        print("usage: sgdml_driver.py train CONFIG.json | sgdml_driver.py cli ARGS...",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Emit the readable Numba CUDA module for a descriptor and a kernel compiled together.
+
+The scalar bodies (one descriptor site term and its position gradient, the
+kernel coefficients g_s, g_t, g_ss, g_st, g_tt) are the same simplified
+programs the CPU module uses, spelled from the rule table's ``cuda`` column.
+Only the loops around them differ: every thread owns the outputs it writes
+(no atomics), and sums over training points use a shared-memory tree.
+
+Array layouts are those of the CPU module (D (M, F), JAC (M, F, K, 3), atom
+table (F, K), training matrix blocks (i, j >= i) at K[i*3N:(i+1)*3N, j*3N:...]),
+so the CPU solver and the CPU prediction read what these kernels write.
+"""
+from __future__ import annotations
+
+from .analysis import DescriptorProgram, KernelProgram
+from .codegen import _rank_one_terms, quote_source
+from .lower import program_lines
+from .parser import POSITION_VARS, DescriptorIR, KernelIR
+
+DEVICE = "@cuda.jit(device=True)"
+KERNEL = "@cuda.jit"
+REDUCE_THREADS = 128  # most threads per block in the tree reductions (shared array size)
+
+
+def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR,
+                     kprog: KernelProgram) -> list:
+    """site_term and kernel_coefficients as CUDA device functions."""
+    out_names = ["value"] + [f"d_{v}" for v in POSITION_VARS]
+    args = ", ".join(POSITION_VARS) + ", zi, zj, params"
+    lines = [*quote_source(dir_.source), DEVICE, f"def site_term({args}):",
+             f'    """One feature term of {dir_.source.name} and its gradient in ri and rj '
+             f'(from {dir_.source.filename}:{dir_.body_line})."""']
+    lines += [f"    {p} = params[{k}]" for k, p in enumerate(dir_.param_names)]
+    lines += program_lines(dprog.term, "cuda", out_names)
+    lines += [f"    return {', '.join(out_names)}", "", ""]
+
+    lines += [*quote_source(kir.source)]
+    lines += [f"# at s = 0: {note}" for note in kprog.guards]
+    lines += [DEVICE, "def kernel_coefficients(s, t, hyper):",
+              f'    """dg/ds, dg/dt, d2g/ds2, d2g/dsdt, d2g/dt2 of {kir.source.name} '
+              f'(from {kir.source.filename}:{kir.body_line}),',
+              '    with s = |d - dp|^2 and t = d . dp (by gdmlc AD, simplified)."""']
+    lines += [f"    {h} = hyper[{k}]" for k, h in enumerate(kir.hyper_names)]
+    lines += program_lines(kprog.coefficients, "cuda", ["g_s", "g_t", "g_ss", "g_st", "g_tt"])
+    lines += ["    return g_s, g_t, g_ss, g_st, g_tt", "", ""]
+    return lines
+
+
+def descriptor_kernel(dir_: DescriptorIR) -> list:
+    call = ("site_term(R[m, i, 0], R[m, i, 1], R[m, i, 2], R[m, j, 0], R[m, j, 1], R[m, j, 2], "
+            "z[i], z[j], params[c])")
+    lines = [KERNEL, "def descriptor_many(R, z, params, atoms, D, JAC):",
+             '    """Features D (M, F) and sparse Jacobians JAC (M, F, K, 3) of geometries R (M, N, 3).',
+             "    Thread (m, f) owns feature f of geometry m; the atom table atoms (F, K) names the",
+             '    atoms of feature f (channel c = f % channels), in the CPU module\'s order."""',
+             "    m, f = cuda.grid(2)",
+             "    if m >= R.shape[0] or f >= atoms.shape[0]:",
+             "        return",
+             "    c = f % params.shape[0]",
+             "    i = atoms[f, 0]"]
+    if dir_.over.name == "pairs":
+        lines += ["    j = atoms[f, 1]",
+                  f"    v, a0, a1, a2, b0, b1, b2 = {call}",
+                  "    D[m, f] = v",
+                  "    JAC[m, f, 0, 0] = a0", "    JAC[m, f, 0, 1] = a1", "    JAC[m, f, 0, 2] = a2",
+                  "    JAC[m, f, 1, 0] = b0", "    JAC[m, f, 1, 1] = b1", "    JAC[m, f, 1, 2] = b2",
+                  "", ""]
+    else:
+        lines += ["    # the term summed over neighbours j (slots 1.. of the atom table)",
+                  "    total = 0.0",
+                  "    gi0 = 0.0", "    gi1 = 0.0", "    gi2 = 0.0",
+                  "    for slot in range(1, atoms.shape[1]):",
+                  "        j = atoms[f, slot]",
+                  f"        v, a0, a1, a2, b0, b1, b2 = {call}",
+                  "        total += v",
+                  "        gi0 += a0", "        gi1 += a1", "        gi2 += a2",
+                  "        JAC[m, f, slot, 0] = b0", "        JAC[m, f, slot, 1] = b1",
+                  "        JAC[m, f, slot, 2] = b2",
+                  "    D[m, f] = total",
+                  "    JAC[m, f, 0, 0] = gi0", "    JAC[m, f, 0, 1] = gi1", "    JAC[m, f, 0, 2] = gi2",
+                  "", ""]
+    return lines
+
+
+def _identity(present):
+    return ("g_t - 2.0 * g_s" if present["g_t"] and present["g_s"] else
+            "-2.0 * g_s" if present["g_s"] else "g_t")
+
+
+def assembly_kernel(kprog: KernelProgram) -> list:
+    present = kprog.present
+    identity = _identity(present)
+    terms = _rank_one_terms(present)
+    lefts = sorted({a for _, a, _ in terms})
+    rights = sorted({b for _, _, b in terms})
+    # left vectors are read on atom A's features, right vectors on atom B's features of J_j[P]
+    left_scale = {"u_delta": "diff", "u_dp": "b"}
+    right_scale = {"w_delta": "diff", "w_d": "D[i, f]"}
+    L = [KERNEL, "def block_coefficients(D, fperms, hyper, pair_i, pair_j, COEF):",
+         '    """Thread (q, p) owns COEF[q, p] = (g_s, g_t, g_ss, g_st, g_tt) at s = |d_i - d_j[P]|^2,',
+         '    t = d_i . d_j[P] for block pair q = (pair_i[q], pair_j[q]) and permutation p."""',
+         "    q, p = cuda.grid(2)",
+         "    if q >= pair_i.shape[0] or p >= fperms.shape[0]:",
+         "        return",
+         "    i = pair_i[q]",
+         "    j = pair_j[q]",
+         "    s = 0.0",
+         "    t = 0.0",
+         "    for f in range(D.shape[1]):",
+         "        b = D[j, fperms[p, f]]",
+         "        diff = D[i, f] - b",
+         "        s += diff * diff",
+         "        t += D[i, f] * b",
+         "    g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+         "    COEF[q, p, 0] = g_s", "    COEF[q, p, 1] = g_t", "    COEF[q, p, 2] = g_ss",
+         "    COEF[q, p, 3] = g_st", "    COEF[q, p, 4] = g_tt",
+         "", "",
+         KERNEL, "def assemble_blocks(D, JAC, atoms, incidence, fperms, inverse_fperms, COEF, pair_i, pair_j, K):",
+         '    """Training-matrix blocks (i, j >= i) for the block pairs (pair_i[q], pair_j[q]):',
+         "    K[i*3N:(i+1)*3N, j*3N:(j+1)*3N] = sum over permutations P of J_i^T H(d_i, d_j[P]) J_j[P],",
+         f"    H = ({identity}) I + rank-one terms: "
+         f"{'; '.join(f'{c} {a} {b}^T' for c, a, b in terms) or 'none'}.",
+         "    Thread (atoms A * N + B, q) owns the 3x3 sub-block (A, B) of block q, summed in registers",
+         "    and written once (neighbouring threads write neighbouring columns).  incidence (N, L, 2)",
+         "    lists the (feature, slot) pairs touching each atom (-1: padding); COEF comes from",
+         '    block_coefficients.  Blocks below the diagonal are not written (the solver reads i <= j)."""',
+         "    ab, q = cuda.grid(2)",
+         "    n_slots = atoms.shape[1]",
+         "    n_atoms = incidence.shape[0]",
+         "    if q >= pair_i.shape[0] or ab >= n_atoms * n_atoms:",
+         "        return",
+         "    A = ab // n_atoms",
+         "    B = ab - A * n_atoms",
+         "    i = pair_i[q]",
+         "    j = pair_j[q]",
+         "    k00 = 0.0", "    k01 = 0.0", "    k02 = 0.0",
+         "    k10 = 0.0", "    k11 = 0.0", "    k12 = 0.0",
+         "    k20 = 0.0", "    k21 = 0.0", "    k22 = 0.0",
+         "    for p in range(fperms.shape[0]):",
+         "        g_s = COEF[q, p, 0]", "        g_t = COEF[q, p, 1]", "        g_ss = COEF[q, p, 2]",
+         "        g_st = COEF[q, p, 3]", "        g_tt = COEF[q, p, 4]",
+         f"        c_identity = {identity}",
+         "        # identity term: features f of atom A whose permuted partner g touches atom B",
+         "        for e in range(incidence.shape[1]):",
+         "            f = incidence[A, e, 0]",
+         "            if f < 0:",
+         "                break",
+         "            k = incidence[A, e, 1]",
+         "            g = fperms[p, f]",
+         "            for l in range(n_slots):",
+         "                if atoms[g, l] == B:",
+         "                    x0 = c_identity * JAC[i, f, k, 0]",
+         "                    x1 = c_identity * JAC[i, f, k, 1]",
+         "                    x2 = c_identity * JAC[i, f, k, 2]",
+         "                    y0 = JAC[j, g, l, 0]",
+         "                    y1 = JAC[j, g, l, 1]",
+         "                    y2 = JAC[j, g, l, 2]",
+         "                    k00 += x0 * y0", "                    k01 += x0 * y1", "                    k02 += x0 * y2",
+         "                    k10 += x1 * y0", "                    k11 += x1 * y1", "                    k12 += x1 * y2",
+         "                    k20 += x2 * y0", "                    k21 += x2 * y1", "                    k22 += x2 * y2"]
+    if terms:
+        L += ["        # rank-one terms coef u w^T: atom A's 3 entries of each u ..."]
+        L += [f"        {v}_{c} = 0.0" for v in lefts + rights for c in range(3)]
+        L += ["        for e in range(incidence.shape[1]):",
+              "            f = incidence[A, e, 0]",
+              "            if f < 0:",
+              "                break",
+              "            k = incidence[A, e, 1]",
+              "            b = D[j, fperms[p, f]]",
+              "            diff = D[i, f] - b"]
+        L += [f"            {u}_{c} += JAC[i, f, k, {c}] * {left_scale[u]}" for u in lefts for c in range(3)]
+        L += ["        # ... times atom B's 3 entries of each w: B's features g of J_j, f = P^-1(g)",
+              "        for e in range(incidence.shape[1]):",
+              "            g = incidence[B, e, 0]",
+              "            if g < 0:",
+              "                break",
+              "            l = incidence[B, e, 1]",
+              "            f = inverse_fperms[p, g]",
+              "            diff = D[i, f] - D[j, g]"]
+        L += [f"            {w}_{c} += JAC[j, g, l, {c}] * {right_scale[w]}" for w in rights for c in range(3)]
+        L += [f"        r{n} = {coef}" for n, (coef, _, _) in enumerate(terms)]
+        for c in range(3):
+            for d in range(3):
+                L.append(f"        k{c}{d} += " + " + ".join(f"r{n} * {u}_{c} * {w}_{d}"
+                                                             for n, (_, u, w) in enumerate(terms)))
+    L += ["    row = i * 3 * n_atoms + 3 * A",
+          "    col = j * 3 * n_atoms + 3 * B",
+          "    K[row, col] = k00", "    K[row, col + 1] = k01", "    K[row, col + 2] = k02",
+          "    K[row + 1, col] = k10", "    K[row + 1, col + 1] = k11", "    K[row + 1, col + 2] = k12",
+          "    K[row + 2, col] = k20", "    K[row + 2, col + 1] = k21", "    K[row + 2, col + 2] = k22",
+          "", ""]
+    return L
+
+
+def prediction_kernels(kprog: KernelProgram) -> list:
+    identity = _identity(kprog.present)
+    W = "REDUCE_THREADS"
+    L = [KERNEL, "def pair_coefficients(DQ, DT, BT, hyper, COEF):",
+         '    """Thread (m, q) owns COEF[q, m] = (c_identity, c_delta, c_dp, energy term) of query q',
+         "    against permuted training point m, so that H(d_q, dt_m) bt_m =",
+         "    c_identity bt_m + c_delta (d_q - dt_m) + c_dp dt_m and the energy is the sum over m of",
+         '    the last column (it is -grad_dp k . bt_m)."""',
+         "    m, q = cuda.grid(2)  # m fastest: a warp shares one query and reads neighbouring rows",
+         "    if q >= DQ.shape[0] or m >= DT.shape[0]:",
+         "        return",
+         "    s = 0.0", "    t = 0.0", "    delta_beta = 0.0", "    d_beta = 0.0",
+         "    for f in range(DQ.shape[1]):",
+         "        diff = DQ[q, f] - DT[m, f]",
+         "        s += diff * diff",
+         "        t += DQ[q, f] * DT[m, f]",
+         "        delta_beta += diff * BT[m, f]",
+         "        d_beta += DQ[q, f] * BT[m, f]",
+         "    g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+         f"    COEF[q, m, 0] = {identity}",
+         "    COEF[q, m, 1] = -4.0 * g_ss * delta_beta + 2.0 * g_st * d_beta",
+         "    COEF[q, m, 2] = -2.0 * g_st * delta_beta + g_tt * d_beta",
+         "    COEF[q, m, 3] = 2.0 * g_s * delta_beta - g_t * d_beta",
+         "", "",
+         KERNEL, "def sum_features(DQ, DT, BT, COEF, ACC):",
+         '    """Block (q, f): ACC[q, f] = sum over m of (H(d_q, dt_m) bt_m)[f]; each thread sums a',
+         "    strided share of m, then a shared-memory tree adds the partial sums (blockDim.x threads,",
+         f'    a power of two <= {W})."""',
+         "    q = cuda.blockIdx.x",
+         "    f = cuda.blockIdx.y",
+         "    tid = cuda.threadIdx.x",
+         f"    partial = cuda.shared.array({W}, float64)",
+         "    total = 0.0",
+         "    if q < DQ.shape[0] and f < DQ.shape[1]:",
+         "        for m in range(tid, DT.shape[0], cuda.blockDim.x):",
+         "            total += (COEF[q, m, 0] * BT[m, f] + COEF[q, m, 1] * (DQ[q, f] - DT[m, f])",
+         "                      + COEF[q, m, 2] * DT[m, f])",
+         "    partial[tid] = total",
+         "    cuda.syncthreads()",
+         "    width = cuda.blockDim.x // 2",
+         "    while width > 0:",
+         "        if tid < width:",
+         "            partial[tid] += partial[tid + width]",
+         "        cuda.syncthreads()",
+         "        width //= 2",
+         "    if tid == 0 and q < DQ.shape[0] and f < DQ.shape[1]:",
+         "        ACC[q, f] = partial[0]",
+         "", "",
+         KERNEL, "def sum_energies(COEF, E):",
+         '    """Block q: E[q] = sum over m of COEF[q, m, 3], by a shared-memory tree."""',
+         "    q = cuda.blockIdx.x",
+         "    tid = cuda.threadIdx.x",
+         f"    partial = cuda.shared.array({W}, float64)",
+         "    total = 0.0",
+         "    if q < COEF.shape[0]:",
+         "        for m in range(tid, COEF.shape[1], cuda.blockDim.x):",
+         "            total += COEF[q, m, 3]",
+         "    partial[tid] = total",
+         "    cuda.syncthreads()",
+         "    width = cuda.blockDim.x // 2",
+         "    while width > 0:",
+         "        if tid < width:",
+         "            partial[tid] += partial[tid + width]",
+         "        cuda.syncthreads()",
+         "        width //= 2",
+         "    if tid == 0 and q < COEF.shape[0]:",
+         "        E[q] = partial[0]",
+         "", "",
+         KERNEL, "def forces_from_features(JACQ, incidence, ACC, F):",
+         '    """Thread (q, atom A) owns F[q, A] = (J_q^T ACC[q])[A], summed over the (feature, slot)',
+         '    pairs that touch atom A."""',
+         "    q, A = cuda.grid(2)",
+         "    if q >= JACQ.shape[0] or A >= incidence.shape[0]:",
+         "        return",
+         "    f0 = 0.0", "    f1 = 0.0", "    f2 = 0.0",
+         "    for e in range(incidence.shape[1]):",
+         "        f = incidence[A, e, 0]",
+         "        if f < 0:",
+         "            break",
+         "        k = incidence[A, e, 1]",
+         "        a = ACC[q, f]",
+         "        f0 += JACQ[q, f, k, 0] * a",
+         "        f1 += JACQ[q, f, k, 1] * a",
+         "        f2 += JACQ[q, f, k, 2] * a",
+         "    F[q, A, 0] = f0", "    F[q, A, 1] = f1", "    F[q, A, 2] = f2",
+         "", "",
+         KERNEL, "def contract(JAC, atoms, V, B):",
+         '    """Thread (m, f) owns B[m, f] = (J(x_m) V[m])[f]: descriptor-space vectors from atom-space',
+         '    V (M, N, 3)."""',
+         "    m, f = cuda.grid(2)",
+         "    if m >= JAC.shape[0] or f >= atoms.shape[0]:",
+         "        return",
+         "    total = 0.0",
+         "    for k in range(atoms.shape[1]):",
+         "        a = atoms[f, k]",
+         "        total += JAC[m, f, k, 0] * V[m, a, 0] + JAC[m, f, k, 1] * V[m, a, 1] + JAC[m, f, k, 2] * V[m, a, 2]",
+         "    B[m, f] = total",
+         "", "",
+         KERNEL, "def permute_features(X, fperms, XP):",
+         '    """Thread (m, p) owns row m * P + p of XP: XP[m * P + p, f] = X[m, fperms[p, f]]."""',
+         "    m, p = cuda.grid(2)",
+         "    if m >= X.shape[0] or p >= fperms.shape[0]:",
+         "        return",
+         "    r = m * fperms.shape[0] + p",
+         "    for f in range(X.shape[1]):",
+         "        XP[r, f] = X[m, fperms[p, f]]",
+         "", ""]
+    return L
+
+
+def module_source(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR, kprog: KernelProgram,
+                  metadata: dict) -> str:
+    title = (f"gdmlc CUDA kernels for descriptor {dir_.source.name} "
+             f"({dir_.source.filename}:{dir_.source.first_line}) and kernel {kir.source.name} "
+             f"({kir.source.filename}:{kir.source.first_line})")
+    header = [f'"""{title}', "",
+              "Generated by gdmlc from the same IR and rule table as the CPU module; do not edit: it is",
+              "rebuilt whenever the DSL source or the compiler changes (the file name carries a hash of",
+              'both). Run under NUMBA_ENABLE_CUDASIM=1 to execute it without a GPU."""',
+              "import math", "", "import numpy as np", "from numba import cuda, float64", "",
+              f"METADATA = {metadata!r}",
+              f"REDUCE_THREADS = {REDUCE_THREADS}  # most threads per block of the tree reductions (a power of two)", "", ""]
+    parts = [device_functions(dir_, dprog, kir, kprog), descriptor_kernel(dir_),
+             assembly_kernel(kprog), prediction_kernels(kprog)]
+    return "\n".join(header + [line for part in parts for line in part]).rstrip() + "\n"

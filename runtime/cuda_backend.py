@@ -1,0 +1,152 @@
+"""The CUDA path of GDML: device choice, training-matrix solve and prediction on a GPU.
+
+``resolve_device("cuda")`` returns "cuda" when the CUDA kernels can run (a GPU
+with numba-cuda, or Numba's simulator with NUMBA_ENABLE_CUDASIM=1), else it
+prints one line saying why and returns "cpu": asking for a GPU on a machine
+without one still trains, on the CPU.
+
+The training matrix is assembled on the device.  It is factorised there with
+cuSOLVER (through CuPy) when CuPy is importable; otherwise it is copied to the
+host and solved by runtime/solver.py.  Both read the same triangle the CPU
+assembly writes (blocks i <= j of the C-ordered matrix, i.e. the lower
+triangle of its column-major view).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+
+from .progress import Progress, step
+from .solver import NotPositiveDefiniteError, cholesky_solve_inplace
+
+DEVICES = ("cpu", "cuda")
+
+
+def _numba_cuda_installed() -> bool:
+    return importlib.util.find_spec("numba_cuda") is not None
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when the CUDA kernels can run here, else why not (one phrase)."""
+    if not _numba_cuda_installed():
+        return "numba-cuda is not installed (pip install 'gdmlc[cuda]')"
+    try:
+        from numba import config, cuda
+    except Exception as exc:  # a broken CUDA installation must not stop CPU training
+        return f"numba.cuda cannot be imported ({type(exc).__name__}: {exc})"
+    if config.ENABLE_CUDASIM:
+        return None
+    try:
+        available = cuda.is_available()
+    except Exception:
+        available = False
+    if not available:
+        return ("no CUDA GPU is available (NUMBA_ENABLE_CUDASIM=1 runs the CUDA kernels in "
+                "Numba's simulator)")
+    return None
+
+
+def resolve_device(device: str, energy_constraints=False, file=None) -> str:
+    """'cpu' or 'cuda'; a 'cuda' request that cannot be met says so and gives 'cpu'."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    reason = cuda_unavailable_reason()
+    if reason is None and energy_constraints:
+        reason = "energy constraints are not implemented in the CUDA kernels yet"
+    if reason is not None:
+        print(f"gdmlc: device 'cuda' requested but {reason}; using the CPU", file=file or sys.stderr)
+        return "cpu"
+    return "cuda"
+
+
+def cupy_or_none():
+    """CuPy when it can factorise on this GPU (never under the simulator), else None."""
+    from numba import config
+    if config.ENABLE_CUDASIM or importlib.util.find_spec("cupy") is None:
+        return None
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+        from cupy.cuda import cusolver  # noqa: F401  (the solver below needs it)
+        return cupy
+    except Exception:
+        return None
+
+
+def cusolver_cholesky_solve(K_device, y, lam, cupy):
+    """Solve (K + lam I) x = y on the GPU, K destroyed; K's blocks i <= j are read.
+
+    A C-ordered matrix with its upper triangle filled is a column-major matrix with
+    its lower triangle filled: cuSOLVER's dpotrf factorises it in place, no copy.
+    """
+    from cupy.cuda import cublas, cusolver, device
+
+    K = cupy.asarray(K_device)  # zero-copy view through __cuda_array_interface__
+    n = K.shape[0]
+    K.ravel()[:: n + 1] += lam
+    handle = device.get_cusolver_handle()
+    info = cupy.zeros(1, dtype=cupy.int32)
+    lower = cublas.CUBLAS_FILL_MODE_LOWER
+    lwork = cusolver.dpotrf_bufferSize(handle, lower, n, K.data.ptr, n)
+    work = cupy.empty(lwork, dtype=cupy.float64)
+    cusolver.dpotrf(handle, lower, n, K.data.ptr, n, work.data.ptr, lwork, info.data.ptr)
+    status = int(info.get()[0])
+    if status > 0:
+        raise NotPositiveDefiniteError(
+            f"training matrix is not positive definite (leading minor {status} of {n}) with lambda = {lam:g}")
+    if status < 0:
+        raise ValueError(f"cusolver dpotrf: illegal argument {-status}")
+    x = cupy.asarray(np.asarray(y, dtype=np.float64)).copy()
+    cusolver.dpotrs(handle, lower, n, 1, K.data.ptr, n, x.data.ptr, n, info.data.ptr)
+    status = int(info.get()[0])
+    if status != 0:
+        raise ValueError(f"cusolver dpotrs failed with info={status}")
+    return cupy.asnumpy(x)
+
+
+class CudaBackend:
+    """Training solve and prediction of one GDML model on the GPU."""
+
+    def __init__(self, descriptor, kernel):
+        from compiler.cuda_compiled import compile_cuda_model
+
+        self.model = compile_cuda_model(descriptor, kernel)
+        self._K = None          # device training matrix, reused across sigmas
+        self._training = None   # (host DT, host BT, device DT, device BT)
+
+    def solve(self, D, JAC, fperms, hyper, n_atoms, y, lam, K_host=None, progress=True):
+        """alpha = (K + lam I)^-1 y with K assembled on the device."""
+        m = D.shape[0]
+        n3m = 3 * n_atoms * m
+        if self._K is None or tuple(self._K.shape) != (n3m, n3m):
+            self._K = None
+            self._K = self.model.cuda.device_array((n3m, n3m))
+        pairs = m * (m + 1) // 2
+        with Progress(pairs, "assembly (cuda)", enabled=progress) as bar:
+            self.model.assemble(D, JAC, fperms, hyper, n_atoms, out=self._K, progress=bar.update)
+        cupy = cupy_or_none()
+        if cupy is not None:
+            self.model.cuda.synchronize()
+            with step(f"cholesky on the GPU ({n3m} x {n3m})", enabled=progress):
+                return cusolver_cholesky_solve(self._K, y, lam, cupy)
+        # no CuPy: the host solver, on a host copy (into the caller's buffer when given)
+        if K_host is None:
+            K_host = np.empty((n3m, n3m))
+        self._K.copy_to_host(K_host)
+        return cholesky_solve_inplace(K_host, y, lam, progress=progress)
+
+    def release(self):
+        """Free the device training matrix (after training)."""
+        self._K = None
+
+    def predict(self, R, z, DT, BT, hyper, n_atoms):
+        """Raw (E, F) (unscaled, no energy constant) for R (M, N, 3) on the device."""
+        if self._training is None or self._training[0] is not DT or self._training[1] is not BT:
+            self._training = (DT, BT, self.model.cuda.to_device(DT), self.model.cuda.to_device(BT))
+        DQ, JACQ = self.model.descriptor_device(R, z)
+        E, F = self.model.predict_device(DQ, JACQ, self._training[2], self._training[3], hyper, n_atoms)
+        return E.copy_to_host(), F.copy_to_host()
