@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import re
 import subprocess
 import sys
@@ -68,6 +69,10 @@ def main(argv=None):
     parser.add_argument("--n-test", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cpu", action="store_true", help="sGDML's numpy path (--cpu) instead of torch")
+    parser.add_argument("--sgdml-blas-threads", type=int, default=None,
+                        help="OPENBLAS_NUM_THREADS for sGDML only: its scipy Cholesky (scipy's OpenBLAS "
+                             "0.3.30, threaded dpotrf) fails on the 27000^2 ethanol M=1000 matrix here with "
+                             "2 threads; 1 thread works")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     ensure_sgdml_env()
@@ -80,15 +85,23 @@ def main(argv=None):
             g = time_gdmlc(dataset, args.n_train, args.n_valid, args.n_test, args.sigma, tmp)
             print(f"repeat {repeat}: gdmlc train {g['wall_time']:.1f} s (test force MAE {g['test_force_mae']})",
                   flush=True)
-            s = run_sgdml_all(dataset, args.n_train, args.n_valid, args.n_test, args.sigma,
-                              Path(tmp) / f"sgdml{repeat}", cpu=args.cpu, progress=False)
+            saved = os.environ.get("OPENBLAS_NUM_THREADS")
+            if args.sgdml_blas_threads:
+                os.environ["OPENBLAS_NUM_THREADS"] = str(args.sgdml_blas_threads)
+            try:
+                s = run_sgdml_all(dataset, args.n_train, args.n_valid, args.n_test, args.sigma,
+                                  Path(tmp) / f"sgdml{repeat}", cpu=args.cpu, progress=False)
+            finally:
+                os.environ.pop("OPENBLAS_NUM_THREADS", None)
+                if saved is not None:
+                    os.environ["OPENBLAS_NUM_THREADS"] = saved
             print(f"repeat {repeat}: sgdml all {s['wall_time']:.1f} s (test errors {s['test_errors']})", flush=True)
             runs.append({"gdmlc": {k: v for k, v in g.items() if k != "log"},
                          "sgdml": {k: v for k, v in s.items() if k not in ("log", "idxs_train")},
                          "ratio_sgdml_over_gdmlc": s["wall_time"] / g["wall_time"]})
     result = {"command": "python -m benchmarks.end_to_end " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": started.isoformat(timespec="seconds"), "molecule": args.molecule, "labels": args.labels,
-              "n_frames": n_frames, "runs": runs,
+              "n_frames": n_frames, "sgdml_blas_threads": args.sgdml_blas_threads, "runs": runs,
               "median_ratio": float(np.median([r["ratio_sgdml_over_gdmlc"] for r in runs]))}
     out = args.out or REPO / "benchmarks" / "results" / f"end_to_end_{args.molecule}_{started:%Y-%m-%dT%H%M}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -647,6 +647,10 @@ def sgdml_case(runner, spec, train, test, use_torch, workdir, timeout):
     """One sGDML run (benchmarks/sgdml_runner.run_sgdml, its own subprocess in its venv)."""
     idx = np.asarray(spec["train_idx"])
     n_test = min(spec["n_test"], len(test))
+    threads = spec.get("sgdml_blas_threads")
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    if threads:  # inherited by sGDML's process only: set here, restored below
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
         t = time.perf_counter()
         res = runner.run_sgdml(train.R, train.z, train.E, train.F, idx, test.R[:n_test],
@@ -660,7 +664,15 @@ def sgdml_case(runner, spec, train, test, use_torch, workdir, timeout):
     except Exception as exc:
         return {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[-2000:]}",
                 "traceback": traceback.format_exc()[-4000:]}, {}
-    return normalise_sgdml(res, wall, test, spec)
+    finally:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        if saved is not None:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
+    result, predictions = normalise_sgdml(res, wall, test, spec)
+    if threads:
+        result["notes"].append(f"sGDML ran with OPENBLAS_NUM_THREADS={threads} (--sgdml-single-thread-from): "
+                               "with 2 threads its scipy Cholesky fails at this size here")
+    return result, predictions
 
 
 def normalise_sgdml(res, wall, test, spec):
@@ -867,7 +879,7 @@ def build_config(args):
                                 else args.repeats if args.repeats is not None else 3),
                floors=args.floors or ("quick" if args.quick else "full"),
                perturb=args.perturb, tolerance=TOLERANCE, interleave=not args.no_interleave, memory_factor=MEMORY_FACTOR,
-               memory_margin_bytes=MEMORY_MARGIN)
+               memory_margin_bytes=MEMORY_MARGIN, sgdml_single_thread_from=args.sgdml_single_thread_from)
     if cfg["repeats"] < 3:
         cfg["note_repeats"] = f"repeats = {cfg['repeats']} < 3: medians of fewer than 3 samples"
     bad = set(cfg["labels"]) - {"old", "new"}
@@ -1118,7 +1130,9 @@ def run_case(cfg, runinfo, state, runner, work, molecule, labels, files, train, 
             "perms": perms.tolist(), "symmetric": sym, "sigma": cfg["sigma"], "lam": cfg["lam"],
             "repeats": cfg["repeats"], "batches": cfg["batches"], "n_test": cfg["n_test"],
             "n_test_dense": cfg["n_test_dense"], "min_time": cfg["min_time"],
-            "max_call_s": cfg["max_call_s"]}
+            "max_call_s": cfg["max_call_s"],
+            "sgdml_blas_threads": 1 if cfg.get("sgdml_single_thread_from") and m >= cfg["sgdml_single_thread_from"]
+            else None}
     rounds = cfg["repeats"] if cfg.get("interleave", True) else 1
     if rounds > 1:
         spec["repeats"] = 1  # one repetition per subprocess, systems taking turns
@@ -1204,6 +1218,10 @@ def build_parser():
     r.add_argument("--seed", type=int, default=0, help="seed of the training-index draw [0]")
     r.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
                    help="rMD17 folder [../shared/data/rmd17]; without it ethanol uses the embedded data")
+    r.add_argument("--sgdml-single-thread-from", type=int, default=None, metavar="M",
+                   help="give sGDML OPENBLAS_NUM_THREADS=1 from this training-set size on: its scipy "
+                        "Cholesky (scipy's OpenBLAS 0.3.30, threaded dpotrf) fails on ethanol M=1000 "
+                        "with 2 threads on this machine; 1 thread works")
     r.add_argument("--no-install", action="store_true",
                    help="do not create the sGDML environment: skip sGDML (reason recorded) if absent")
     r.add_argument("--out", default=str(RESULTS_DIR), help="output folder [benchmarks/results]")

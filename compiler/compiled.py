@@ -311,11 +311,17 @@ class CompiledModel:
         self.module.assemble_energy_rows(D, JAC, self.descriptor.atom_table(n_atoms), fperms, hyper, K,
                                          n_atoms)
 
-    def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms, chunk=256):
-        """Energies (Q,) and forces (Q, N, 3) from query descriptors and Jacobians against the
-        permuted training descriptors DT and coefficients BT (MP, F).
+    SMALL_BATCH = 64  # below this many queries the fused loop is faster (measured: 2.5x at 1, 1.2x at 10)
 
-        The descriptor-space sums are matrix products (BLAS) around one generated
+    def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms):
+        """Energies (Q,) and forces (Q, N, 3) from query descriptors and Jacobians against the
+        permuted training descriptors DT and coefficients BT (MP, F)."""
+        if DQ.shape[0] < self.SMALL_BATCH:
+            return self.predict_parts_direct(DQ, JACQ, DT, BT, hyper, n_atoms)
+        return self.predict_parts_batched(DQ, JACQ, DT, BT, hyper, n_atoms)
+
+    def predict_parts_batched(self, DQ, JACQ, DT, BT, hyper, n_atoms, chunk=256):
+        """predict_parts for many queries: the descriptor-space sums are matrix products (BLAS) around one generated
         elementwise kernel: T = DQ DT^T, DB = DQ BT^T, then the kernel coefficients per
         pair, then H beta summed over training points = CI BT + rowsum(CD) DQ + (CP - CD) DT.
         Descriptors are centred on the training mean first: differences such as
@@ -349,8 +355,8 @@ class CompiledModel:
         return E, F
 
     def predict_parts_direct(self, DQ, JACQ, DT, BT, hyper, n_atoms):
-        """The same as predict_parts by one fused loop per query (no BLAS): slower for
-        batches, kept as an independent check of the batched path."""
+        """predict_parts by one fused loop per query (no BLAS): for small batches, and an
+        independent check of the batched path."""
         E = np.empty(DQ.shape[0])
         F = np.empty((DQ.shape[0], n_atoms, 3))
         self.module.predict(DQ, JACQ, self.descriptor.atom_table(n_atoms), DT, BT, hyper, E, F)

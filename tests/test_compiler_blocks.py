@@ -251,14 +251,14 @@ def test_predict_parts_matches_dense_reference(desc, kern):
     hyper = m.kernel.hyper(sigma=sigma)
     _, _, _, _, DT, BT = _permuted_training(m, R, alpha, perms, z)
     DQ, JACQ, _ = m.descriptor.evaluate(X, z)
-    E, F = m.predict_parts(DQ, JACQ, DT, BT, hyper, n)
+    E, F = m.predict_parts_batched(DQ, JACQ, DT, BT, hyper, n)
     assert E.shape == (2,) and F.shape == (2, n, 3)
-    # the fused one-loop kernel (no BLAS) agrees with the batched path, which is checked
-    # against JAX below; also at training geometries, where s = 0 exactly (the batched path
-    # must recompute s there rather than take |d|^2 + |d'|^2 - 2 d.d')
+    # the fused one-loop kernel (no BLAS, used for small batches) agrees with the batched path,
+    # which is checked against JAX below; also at training geometries, where s = 0 exactly (the
+    # batched path must recompute s there rather than take |d|^2 + |d'|^2 - 2 d.d')
     DR, JACR, _ = m.descriptor.evaluate(R[:2], z)
     for dq, jq in ((DQ, JACQ), (DR, JACR)):
-        Eb, Fb = m.predict_parts(dq, jq, DT, BT, hyper, n)
+        Eb, Fb = m.predict_parts_batched(dq, jq, DT, BT, hyper, n)
         Ed, Fd = m.predict_parts_direct(dq, jq, DT, BT, hyper, n)
         assert rel(Fb, Fd) <= 1e-12 and rel(Eb, Ed) <= 1e-12
 
@@ -295,7 +295,7 @@ def test_predict_parts_matches_dense_reference(desc, kern):
                 y[a, c] += sign * step
                 shifted.append(y)
     DS, JACS, _ = m.descriptor.evaluate(np.stack(shifted), z)
-    ES, _ = m.predict_parts(DS, JACS, DT, BT, hyper, n)
+    ES, _ = m.predict_parts_batched(DS, JACS, DT, BT, hyper, n)
     fd = -(ES[0::2] - ES[1::2]) / (2 * step)
     assert rel(F[0].ravel(), fd) <= 1e-6
 

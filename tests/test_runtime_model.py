@@ -131,6 +131,12 @@ def test_predictions_match_reference(ds, models, references, kind, frames):
     assert rel(E - E.mean(), E_ref - E_ref.mean()) <= 1e-7
     # the constant absorbs an almost uniform offset of the raw energies (conditioning, see top)
     assert model.energy_constant == pytest.approx(reference.energy_constant, rel=1e-8)
+    # small batches take the fused loop; the matrix-product path for large batches as well
+    D, JAC, _ = model.model.descriptor.evaluate(ds.R[idx], ds.z)
+    E_b, F_b = model.model.predict_parts_batched(D, JAC, model._DT, model._BT, model._hyper, N_ATOMS)
+    assert rel(F_b * model.label_scale, F_ref) <= 1e-8
+    E_b = E_b * model.label_scale + model.energy_constant
+    assert rel(E_b - E_b.mean(), E_ref - E_ref.mean()) <= 1e-7
 
 
 def test_runtime_uses_six_permutations_and_fits_the_data(ds, model_sym):
