@@ -454,8 +454,11 @@ def run_worker(spec, workdir, timeout, log):
     spec_path.write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "benchmarks.harness", "--worker", str(spec_path)]
     t = time.perf_counter()
+    env = dict(os.environ)
+    if spec.get("peer_blas_threads") and spec["system"] != "gdmlc":
+        env["OPENBLAS_NUM_THREADS"] = str(spec["peer_blas_threads"])  # see --peer-single-thread-from
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=env)
     tail = []
     deadline = time.monotonic() + timeout
     timed_out = False
@@ -647,7 +650,7 @@ def sgdml_case(runner, spec, train, test, use_torch, workdir, timeout):
     """One sGDML run (benchmarks/sgdml_runner.run_sgdml, its own subprocess in its venv)."""
     idx = np.asarray(spec["train_idx"])
     n_test = min(spec["n_test"], len(test))
-    threads = spec.get("sgdml_blas_threads")
+    threads = spec.get("peer_blas_threads")
     saved = os.environ.get("OPENBLAS_NUM_THREADS")
     if threads:  # inherited by sGDML's process only: set here, restored below
         os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
@@ -670,7 +673,7 @@ def sgdml_case(runner, spec, train, test, use_torch, workdir, timeout):
             os.environ["OPENBLAS_NUM_THREADS"] = saved
     result, predictions = normalise_sgdml(res, wall, test, spec)
     if threads:
-        result["notes"].append(f"sGDML ran with OPENBLAS_NUM_THREADS={threads} (--sgdml-single-thread-from): "
+        result["notes"].append(f"sGDML ran with OPENBLAS_NUM_THREADS={threads} (--peer-single-thread-from): "
                                "with 2 threads its scipy Cholesky fails at this size here")
     return result, predictions
 
@@ -879,7 +882,7 @@ def build_config(args):
                                 else args.repeats if args.repeats is not None else 3),
                floors=args.floors or ("quick" if args.quick else "full"),
                perturb=args.perturb, tolerance=TOLERANCE, interleave=not args.no_interleave, memory_factor=MEMORY_FACTOR,
-               memory_margin_bytes=MEMORY_MARGIN, sgdml_single_thread_from=args.sgdml_single_thread_from)
+               memory_margin_bytes=MEMORY_MARGIN, peer_single_thread_from=args.peer_single_thread_from)
     if cfg["repeats"] < 3:
         cfg["note_repeats"] = f"repeats = {cfg['repeats']} < 3: medians of fewer than 3 samples"
     bad = set(cfg["labels"]) - {"old", "new"}
@@ -1060,6 +1063,10 @@ def run_system(system, spec, runner, train, test, work, case_id, round_, cfg, lo
                                 "true peak may be lower")
         return res, {system + tag: p for tag, p in extra.items()}
     res = run_worker(spec, work, cfg["timeout"], lambda line: log("  " + line))
+    if spec.get("peer_blas_threads") and system != "gdmlc":
+        res.setdefault("notes", []).append(
+            f"ran with OPENBLAS_NUM_THREADS={spec['peer_blas_threads']} (--peer-single-thread-from): with 2 "
+            "threads its scipy Cholesky segfaults at this size here")
     preds = {}
     if res.get("status") == "ok" and res.get("predictions"):
         with np.load(res["predictions"]) as d:
@@ -1131,7 +1138,7 @@ def run_case(cfg, runinfo, state, runner, work, molecule, labels, files, train, 
             "repeats": cfg["repeats"], "batches": cfg["batches"], "n_test": cfg["n_test"],
             "n_test_dense": cfg["n_test_dense"], "min_time": cfg["min_time"],
             "max_call_s": cfg["max_call_s"],
-            "sgdml_blas_threads": 1 if cfg.get("sgdml_single_thread_from") and m >= cfg["sgdml_single_thread_from"]
+            "peer_blas_threads": 1 if cfg.get("peer_single_thread_from") and m >= cfg["peer_single_thread_from"]
             else None}
     rounds = cfg["repeats"] if cfg.get("interleave", True) else 1
     if rounds > 1:
@@ -1218,10 +1225,10 @@ def build_parser():
     r.add_argument("--seed", type=int, default=0, help="seed of the training-index draw [0]")
     r.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
                    help="rMD17 folder [../shared/data/rmd17]; without it ethanol uses the embedded data")
-    r.add_argument("--sgdml-single-thread-from", type=int, default=None, metavar="M",
-                   help="give sGDML OPENBLAS_NUM_THREADS=1 from this training-set size on: its scipy "
-                        "Cholesky (scipy's OpenBLAS 0.3.30, threaded dpotrf) fails on ethanol M=1000 "
-                        "with 2 threads on this machine; 1 thread works")
+    r.add_argument("--peer-single-thread-from", type=int, default=None, metavar="M",
+                   help="give sGDML and JAX OPENBLAS_NUM_THREADS=1 from this training-set size on: "
+                        "their scipy Cholesky (scipy's OpenBLAS 0.3.30, threaded dpotrf) fails or "
+                        "segfaults on ethanol M=1000 with 2 threads on this machine; 1 thread works")
     r.add_argument("--no-install", action="store_true",
                    help="do not create the sGDML environment: skip sGDML (reason recorded) if absent")
     r.add_argument("--out", default=str(RESULTS_DIR), help="output folder [benchmarks/results]")

@@ -103,7 +103,7 @@ def kernel_source(kir: KernelIR, prog: KernelProgram) -> list:
 
 # --------------------------------------------------------------------------- model
 
-def _rank_one_terms(present):
+def rank_one_terms(present):
     """(coefficient expression, left vector, right vector) of H's rank-one part."""
     terms = []
     if present["g_ss"]:
@@ -118,7 +118,7 @@ def _rank_one_terms(present):
 
 def model_source(prog: KernelProgram) -> list:
     present = prog.present
-    terms = _rank_one_terms(present)
+    terms = rank_one_terms(present)
     vectors = sorted({v for _, a, b in terms for v in (a, b)})
     # which descriptor-space vector each atom-space vector contracts, per permutation p
     contracted = {"u_delta": "diff", "u_dp": "b", "w_delta": "diff", "w_d": "d[f]"}

@@ -13,7 +13,7 @@ so the CPU solver and the CPU prediction read what these kernels write.
 from __future__ import annotations
 
 from .analysis import DescriptorProgram, KernelProgram
-from .codegen import _rank_one_terms, quote_source
+from .codegen import rank_one_terms, quote_source
 from .lower import program_lines
 from .parser import POSITION_VARS, DescriptorIR, KernelIR
 
@@ -90,7 +90,7 @@ def _identity(present):
 def assembly_kernel(kprog: KernelProgram) -> list:
     present = kprog.present
     identity = _identity(present)
-    terms = _rank_one_terms(present)
+    terms = rank_one_terms(present)
     lefts = sorted({a for _, a, _ in terms})
     rights = sorted({b for _, _, b in terms})
     # left vectors are read on atom A's features, right vectors on atom B's features of J_j[P]
