@@ -84,6 +84,8 @@ from statistics import median
 
 import numpy as np
 
+from runtime.assembly import available_memory_bytes
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "rmd17"
 FALLBACK_DATA = REPO / "runtime" / "default_data" / "ethanol_gfn2xtb_500K.npz"
@@ -181,11 +183,6 @@ def current_rss_bytes():
     except OSError:
         pass
     return None
-
-
-def available_memory_bytes():
-    from runtime.assembly import available_memory_bytes as avail
-    return avail()
 
 
 def tile(R, b):

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.assembly import available_memory_bytes
+
 BENCH_DIR = Path(__file__).resolve().parent
 VENV_DIR = BENCH_DIR / ".sgdml-venv"
 DRIVER = BENCH_DIR / "sgdml_driver.py"
@@ -350,7 +352,7 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
 
     n_rows = 3 * n * len(train_idx)
     need = 3 * n_rows * n_rows * 8  # sGDML's own estimate: K, -K and the Cholesky factor
-    avail = _available_memory()
+    avail = available_memory_bytes()
     if avail is not None and need > avail:
         raise MemoryError(f"sGDML would need about {need / 2**30:.1f} GiB for M={len(train_idx)} "
                           f"(three {n_rows}x{n_rows} matrices) but {avail / 2**30:.1f} GiB are "
@@ -399,17 +401,6 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
     finally:
         if cleanup:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _available_memory():
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 # --------------------------------------------------------------------------- the CLI
