@@ -185,6 +185,7 @@ class GDML:
         f = self.D_train.shape[1]
         self._DT = np.ascontiguousarray(self.D_train[:, fperms].reshape(-1, f))
         self._BT = np.ascontiguousarray(self.B_train[:, fperms].reshape(-1, f))
+        self._side = self.model.prediction_side(self._DT, self._BT)
         # the symmetric kernel sums over permuted copies: each copy carries its geometry's weight
         self._WT = (None if self.energy_weights is None
                     else np.repeat(np.asarray(self.energy_weights, np.float64), len(fperms)))
@@ -222,7 +223,8 @@ class GDML:
                     bar.update(len(e))
                     continue
                 D, JAC, _ = self.model.descriptor.evaluate(R3[chunk], self.z)
-                e, f = self.model.predict_parts(D, JAC, self._DT, self._BT, self._hyper, self.n_atoms)
+                e, f = self.model.predict_parts(D, JAC, self._DT, self._BT, self._hyper, self.n_atoms,
+                                                side=self._side)
                 if self._WT is not None:
                     self.model.add_energy_weight_terms(D, JAC, self._DT, self._WT, self._hyper, e, f)
                 E[chunk], F[chunk] = e, f

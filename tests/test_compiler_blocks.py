@@ -258,9 +258,10 @@ def test_predict_parts_matches_dense_reference(desc, kern):
     # batched path must recompute s there rather than take |d|^2 + |d'|^2 - 2 d.d')
     DR, JACR, _ = m.descriptor.evaluate(R[:2], z)
     for dq, jq in ((DQ, JACQ), (DR, JACR)):
-        Eb, Fb = m.predict_parts_batched(dq, jq, DT, BT, hyper, n)
         Ed, Fd = m.predict_parts_direct(dq, jq, DT, BT, hyper, n)
-        assert rel(Fb, Fd) <= 1e-12 and rel(Eb, Ed) <= 1e-12
+        for fast in (m.predict_parts_batched, m.predict_parts_tiled):
+            Ef, Ff = fast(dq, jq, DT, BT, hyper, n)
+            assert rel(Ff, Fd) <= 1e-12 and rel(Ef, Ed) <= 1e-12
 
     # Forces: sum_j C(x, x_j) alpha_j with every block by JAX AD (one by jax_force_block).
     assert rel(chain_rule_block(desc, kern, X[0], R[0], perms, z, sigma),
@@ -298,6 +299,34 @@ def test_predict_parts_matches_dense_reference(desc, kern):
     ES, _ = m.predict_parts_batched(DS, JACS, DT, BT, hyper, n)
     fd = -(ES[0::2] - ES[1::2]) / (2 * step)
     assert rel(F[0].ravel(), fd) <= 1e-6
+
+
+@pytest.mark.parametrize("desc,kern", PREDICT_PAIRS)
+def test_fast_prediction_paths_across_tiles_and_chunks(desc, kern):
+    """More training rows than one tile of predict_tiles and more queries than one of its
+    chunks or one task of the batched path: every path agrees with the plain fused loop,
+    also with a point of the training set among the queries (s = 0 there)."""
+    from compiler.codegen import PREDICT_TILE
+    rng = np.random.default_rng(12)
+    m = model(desc, kern)
+    n, z = 5, N5_Z
+    R = _training_set(rng, M=PREDICT_TILE // 2 + 7)  # x 2 permutations: one tile and a part
+    alpha = rng.normal(size=R.shape)
+    *_, DT, BT = _permuted_training(m, R, alpha, N5_GROUP, z)
+    assert DT.shape[0] > PREDICT_TILE
+    X = np.concatenate([np.stack([geometry(rng, n) for _ in range(m.TILE_QUERIES + 5)]), R[3:4]])
+    DQ, JACQ, _ = m.descriptor.evaluate(X, z)
+    hyper = m.kernel.hyper(sigma=SIGMA[desc])
+    Ed, Fd = m.predict_parts_direct(DQ, JACQ, DT, BT, hyper, n)
+    side = m.prediction_side(DT, BT)
+    for Ef, Ff in (m.predict_parts_tiled(DQ, JACQ, DT, BT, hyper, n, side=side),
+                   m.predict_parts_batched(DQ, JACQ, DT, BT, hyper, n, side=side, chunk=4),
+                   m.predict_parts(DQ, JACQ, DT, BT, hyper, n, side=side),
+                   m.predict_parts(DQ[:3], JACQ[:3], DT, BT, hyper, n, side=side)):
+        q = len(Ef)
+        assert rel(Ff, Fd[:q]) <= 1e-12 and rel(Ef, Ed[:q]) <= 1e-12
+    with pytest.raises(ValueError, match="prepared for"):
+        m.predict_parts(DQ, JACQ, DT[:-1], BT[:-1], hyper, n, side=side)
 
 
 # --------------------------------------------------------------------------- training matrix
