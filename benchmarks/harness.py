@@ -737,10 +737,6 @@ def normalise_sgdml(res, wall, test, spec):
 
 # ============================================================================ agreement
 
-def ok_peak(res):
-    return res.get("status") == "ok" and isinstance(res.get("peak_rss_bytes"), (int, float))
-
-
 def compare_predictions(preds, tolerance=TOLERANCE):
     """Largest relative differences between every pair of systems' test predictions.
 
@@ -1050,14 +1046,8 @@ def run_system(system, spec, runner, train, test, work, case_id, round_, cfg, lo
     """One subprocess run of one system: (result, {name: (E_pred, F_pred)})."""
     spec = dict(spec, system=system, case_id=f"{case_id}-r{round_}")
     if system.startswith("sgdml"):
-        parent_peak = peak_rss_bytes()
         res, extra = sgdml_case(runner, spec, train, test, system == "sgdml_torch",
                                 work / f"{system}-{case_id}-r{round_}", cfg["timeout"])
-        res["harness_peak_rss_at_spawn_bytes"] = parent_peak
-        if ok_peak(res) and res["peak_rss_bytes"] <= 1.02 * parent_peak:
-            res["notes"].append("peak RSS from sGDML's ru_maxrss is not above the harness's own "
-                                "peak at spawn (Linux keeps ru_maxrss across fork/exec): sGDML's "
-                                "true peak may be lower")
         return res, {system + tag: p for tag, p in extra.items()}
     res = run_worker(spec, work, cfg["timeout"], lambda line: log("  " + line))
     if spec.get("peer_blas_threads") and system != "gdmlc":

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from compiler.dsl import descriptor, dot, exp, kernel, norm, sqdist  # noqa: E402
+from numeric import rel  # noqa: E402
 
 
 @descriptor(over="neighbours", params={"eta": [0.5, 2.0]})
@@ -41,14 +42,6 @@ COMBINATIONS = [
     (two_channel_density, gaussian_times_polynomial, {"sigma": 1.1}),     # all five coefficients
 ]
 Z = np.array([6, 8, 1, 1, 1])
-
-
-def rel(value, reference):
-    value, reference = np.asarray(value, float), np.asarray(reference, float)
-    assert value.shape == reference.shape, (value.shape, reference.shape)
-    if not (np.all(np.isfinite(value)) and np.all(np.isfinite(reference))):
-        return float("inf")
-    return float(np.abs(value - reference).max() / np.abs(reference).max())
 
 
 def geometries(rng, m, n):

@@ -17,6 +17,7 @@ import runtime
 from benchmarks.jax_paper import JaxPaperModel, matern52_of_s
 
 import jax_reference_model as ref_model
+from numeric import rel
 
 Z = np.array([6, 8, 1, 1, 1])
 BASE = np.array([[0.0, 0.0, 0.0], [1.4, 0.0, 0.0], [-0.5, 0.9, 0.0],
@@ -38,13 +39,6 @@ def potential(R):
     np.add.at(G, (slice(None), _I), g)
     np.add.at(G, (slice(None), _J), -g)
     return E, -G
-
-
-def rel(value, reference):
-    value, reference = np.asarray(value, float), np.asarray(reference, float)
-    assert value.shape == reference.shape, (value.shape, reference.shape)
-    assert np.all(np.isfinite(value)) and np.all(np.isfinite(reference))
-    return float(np.abs(value - reference).max() / np.abs(reference).max())
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 
 import compiler
 from compiler.library import LIBRARY_DESCRIPTORS, LIBRARY_KERNELS
+from numeric import rel
 
 jax.config.update("jax_enable_x64", True)
 
@@ -33,13 +34,6 @@ GRID = 1.5 * np.array([(a, b, c) for a in range(4) for b in range(3) for c in ra
 def geometry(rng, n):
     """n atoms on a jittered grid: every distance >= 0.8 Å."""
     return GRID[rng.choice(len(GRID), n, replace=False)] + rng.uniform(-0.35, 0.35, (n, 3))
-
-
-def rel(value, reference):
-    value, reference = np.asarray(value, float), np.asarray(reference, float)
-    assert value.shape == reference.shape, (value.shape, reference.shape)
-    assert np.all(np.isfinite(reference)) and np.all(np.isfinite(value))
-    return float(np.abs(value - reference).max() / np.abs(reference).max())
 
 
 @lru_cache(maxsize=None)

@@ -17,6 +17,7 @@ from hypothesis.extra.numpy import arrays
 
 import compiler
 from compiler.library import LIBRARY_DESCRIPTORS, LIBRARY_KERNELS
+from numeric import rel
 
 jax.config.update("jax_enable_x64", True)
 
@@ -81,14 +82,6 @@ def z_array(name, n):
     """z for the jitted references (ones where the descriptor takes none)."""
     z = z_for(name, n)
     return jnp.ones(n) if z is None else jnp.asarray(z, dtype=jnp.float64)
-
-
-def rel(value, reference):
-    value, reference = np.asarray(value, float), np.asarray(reference, float)
-    assert value.shape == reference.shape, (value.shape, reference.shape)
-    assert np.all(np.isfinite(reference)) and np.all(np.isfinite(value))
-    scale = np.abs(reference).max()
-    return float(np.abs(value - reference).max() / scale) if scale > 0 else float(np.abs(value).max())
 
 
 # --------------------------------------------------------------------------- hand-written references

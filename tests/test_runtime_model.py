@@ -27,6 +27,7 @@ from runtime.model_file import ModelFileError
 from runtime.symmetry import find_permutations
 
 import jax_reference_model as ref_model
+from numeric import rel
 
 DATA = Path(runtime.__file__).resolve().parent / "default_data" / "ethanol_gfn2xtb_500K.npz"
 SIGMA = 10.0
@@ -35,14 +36,6 @@ M_TRAIN = 25
 TRAIN = np.linspace(7, 2990, M_TRAIN).astype(int)  # spread over the 15 ps trajectory
 TEST = np.arange(61, 3000, 300)  # 10 held-out frames, none in TRAIN
 N_ATOMS = 9
-
-
-def rel(value, reference):
-    """max |value - reference| / max |reference|."""
-    value, reference = np.asarray(value, float), np.asarray(reference, float)
-    assert value.shape == reference.shape, (value.shape, reference.shape)
-    assert np.all(np.isfinite(value)) and np.all(np.isfinite(reference))
-    return float(np.abs(value - reference).max() / np.abs(reference).max())
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -131,12 +124,13 @@ def test_predictions_match_reference(ds, models, references, kind, frames):
     assert rel(E - E.mean(), E_ref - E_ref.mean()) <= 1e-7
     # the constant absorbs an almost uniform offset of the raw energies (conditioning, see top)
     assert model.energy_constant == pytest.approx(reference.energy_constant, rel=1e-8)
-    # small batches take the fused loop; the matrix-product path for large batches as well
+    # predict() takes one of two paths by batch size (10 frames here): both against the reference
     D, JAC, _ = model.model.descriptor.evaluate(ds.R[idx], ds.z)
-    E_b, F_b = model.model.predict_parts_batched(D, JAC, model._DT, model._BT, model._hyper, N_ATOMS)
-    assert rel(F_b * model.label_scale, F_ref) <= 1e-8
-    E_b = E_b * model.label_scale + model.energy_constant
-    assert rel(E_b - E_b.mean(), E_ref - E_ref.mean()) <= 1e-7
+    for path in (model.model.predict_parts_batched, model.model.predict_parts_tiled):
+        E_p, F_p = path(D, JAC, model._DT, model._BT, model._hyper, N_ATOMS)
+        assert rel(F_p * model.label_scale, F_ref) <= 1e-8
+        E_p = E_p * model.label_scale + model.energy_constant
+        assert rel(E_p - E_p.mean(), E_ref - E_ref.mean()) <= 1e-7
 
 
 def test_runtime_uses_six_permutations_and_fits_the_data(ds, model_sym):

@@ -1,0 +1,12 @@
+"""Comparison helper shared by the tests."""
+import numpy as np
+
+
+def rel(value, reference):
+    """max |value - reference| / max |reference| (the plain maximum where the reference is all
+    zeros); shapes must match and both must be finite."""
+    value, reference = np.asarray(value, float), np.asarray(reference, float)
+    assert value.shape == reference.shape, (value.shape, reference.shape)
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(reference))
+    scale = np.abs(reference).max()
+    return float(np.abs(value - reference).max() / scale) if scale > 0 else float(np.abs(value).max())
