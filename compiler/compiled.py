@@ -1,6 +1,7 @@
 """Compiled descriptors, kernels and models: Python faces of generated modules."""
 from __future__ import annotations
 
+import threading
 import time
 from functools import lru_cache
 
@@ -367,8 +368,8 @@ class CompiledModel:
     def _predict_chunk(self, DQ, side, hyper):
         """(descriptor-space force sums (q, F), energies (q,)) of queries DQ against one side."""
         dq = DQ - side.centre
-        TD = dq @ side.W.T
-        X = np.empty_like(TD)
+        TD = np.matmul(dq, side.W.T, out=_scratch("TD", (len(dq), 2 * side.n_rows)))
+        X = _scratch("X", TD.shape)
         SD, SP, E = np.empty(len(dq)), np.empty(len(dq)), np.empty(len(dq))
         self.module.predict_coefficients(dq, side.DT, np.einsum("qf,qf->q", dq, dq), side.NT, TD,
                                          dq @ side.centre + side.cc, side.TC, side.TB, side.CB, hyper, X, SD, SP, E)
@@ -430,6 +431,21 @@ class PredictionSide:
         self.TC = self.DT @ self.centre
         self.TB = np.einsum("mf,mf->m", self.DT, BT)
         self.CB = BT @ self.centre
+
+
+_THREAD_SCRATCH = threading.local()
+
+
+def _scratch(name, shape):
+    """A scratch array of this thread, reused from call to call: the (chunk, 2 MP) matrices of
+    batched prediction are megabytes, and fresh memory costs page faults every time."""
+    arrays = getattr(_THREAD_SCRATCH, "arrays", None)
+    if arrays is None:
+        arrays = _THREAD_SCRATCH.arrays = {}
+    size = int(np.prod(shape))
+    if name not in arrays or arrays[name].size < size:
+        arrays[name] = np.empty(size)
+    return arrays[name][:size].reshape(shape)
 
 
 _POOL = (None, 0)

@@ -2,8 +2,9 @@
 
 Each primitive states, in one place, its value (numpy), its local partial
 derivatives (as IR, so they can be differentiated again), and how it is
-spelled in Numba, JAX and sympy (and in Numba CUDA, where that differs from
-the CPU spelling: ``cuda`` defaults to the ``numba`` column).  Adding a primitive
+spelled in Numba, JAX and sympy (and in Numba CUDA, or in loops LLVM should
+vectorise, where those differ from the CPU spelling: the ``cuda`` and
+``numba_vector`` columns default to the ``numba`` one).  Adding a primitive
 means adding one entry here and, if the DSL should expose it, one name in
 :data:`DSL_FUNCTIONS`.
 
@@ -32,10 +33,13 @@ class Primitive:
     sympy: Callable             # sympy constructor
     differentiable: bool = True
     cuda: str | None = None     # Numba CUDA spelling; None: same as ``numba``
+    # Numba spelling inside loops LLVM should vectorise (prediction); None: same as ``numba``
+    numba_vector: str | None = None
 
     def __post_init__(self):
-        if self.cuda is None:
-            object.__setattr__(self, "cuda", self.numba)
+        for column in ("cuda", "numba_vector"):
+            if getattr(self, column) is None:
+                object.__setattr__(self, column, self.numba)
 
 
 def _lazy():
@@ -99,7 +103,10 @@ _TABLE = [
     Primitive("pow", 2, np.power, _pow_partials,
               "({0} ** {1})", "({0} ** {1})", lambda x, y: x ** y),
     _unary("sqrt", np.sqrt, lambda a, o: (0.5 / o,), "math.sqrt", "jnp.sqrt", sp.sqrt),
-    _unary("exp", np.exp, lambda a, o: (o,), "math.exp", "jnp.exp", sp.exp),
+    # in vectorised loops vexp (compiler/numba_math.py): libm's exp keeps LLVM from vectorising
+    # any loop it is in; in scalar code libm's is faster (a table, not a 13-term polynomial)
+    Primitive("exp", 1, np.exp, lambda a, o: (o,), "math.exp({0})", "jnp.exp({0})", sp.exp,
+              numba_vector="vexp({0})"),
     _unary("log", np.log, lambda a, o: (1.0 / a[0],), "math.log", "jnp.log", sp.log),
     _unary("sin", np.sin, lambda a, o: (_lazy().make("cos", a[0]),), "math.sin", "jnp.sin", sp.sin),
     _unary("cos", np.cos, lambda a, o: (-_lazy().make("sin", a[0]),), "math.cos", "jnp.cos", sp.cos),
