@@ -79,3 +79,14 @@ def test_machine_description_has_versions_and_date():
         assert key in info
     assert info["versions"]["numpy"] == np.__version__
     assert info["date_utc"].endswith("+00:00")
+
+
+def test_assembly_profile_smoke():
+    """benchmarks/assembly_profile.py on a tiny ethanol set (rMD17 if present, else the embedded
+    data): every phase measured, and the blocks of one row cost less than the whole assembly."""
+    from benchmarks import assembly_profile
+    res = assembly_profile.profile("ethanol", m=6, repeats=1)
+    med = res["medians"]
+    assert res["n_perms"] >= 1 and res["blocks"] == 21
+    assert all(med[key] > 0 for key in ("cold_s", "warm_s", "touch_s", "block_us"))
+    assert med["block_us"] * 1e-6 * 6 < med["warm_s"] + med["cold_s"]
