@@ -87,7 +87,7 @@ def profile(molecule, m, repeats, labels="old", seed=0):
 
     atoms = model.descriptor.atom_table(n)
     block = np.empty((3 * n, 3 * n))
-    work = np.empty(model.module.work_size(D.shape[1], 3 * n, len(fperms)))
+    work = np.empty(model.module.work_size(D.shape[1], 3 * n))
     one_block_row(D, JAC, atoms, fperms, hyper, block, work)
     samples = []
     for _ in range(max(5, repeats)):

@@ -139,13 +139,13 @@ def model_source(prog: KernelProgram) -> list:
                 "-2.0 * g_s" if present["g_s"] else "g_t")
     layout = ["A (F, 3N)"] + [f"{v} (3N)" for v in right]
 
-    L = [NJIT, "def work_size(n_features, n3, n_perms):",
+    L = [NJIT, "def work_size(n_features, n3):",
          f'    """Scratch doubles force_block_parts needs: {", ".join(layout)}."""',
          f"    return (n_features + {len(right)}) * n3", "", "",
          NJIT, "def force_block_parts(d, jac, dp, jacp, atoms, fperms, hyper, out, work):",
          '    """out (3N, 3N) = sum over permutations P of J(x)^T H(d, dp_P) J(x\'_P),',
          "    H = d2k/dd ddp^T = c_P I + rank-one terms; J sparse (F, K, 3) with atom table atoms",
-         "    (F, K); dp_P = dp[fperms[p]], J(x'_P) = jacp[fperms[p]]; work: work_size(F, 3N, P).",
+         "    (F, K); dp_P = dp[fperms[p]], J(x'_P) = jacp[fperms[p]]; work: work_size(F, 3N).",
          f"    Structure found in the kernel: c_P = {identity}; rank-one terms:",
          f"    {'; '.join(f'{c} {a} {b}^T' for c, a, b in terms) or 'none'}.",
          "    Summed over P in descriptor space first: out = J^T A with",
@@ -212,7 +212,7 @@ def model_source(prog: KernelProgram) -> list:
           "    for r in prange(rows.shape[0]):",
           "        i = rows[r]",
           "        block = np.empty((n3, n3))",
-          "        work = np.empty(work_size(D.shape[1], n3, fperms.shape[0]))",
+          "        work = np.empty(work_size(D.shape[1], n3))",
           "        for j in range(i, M):",
           "            force_block_parts(D[i], JAC[i], D[j], JAC[j], atoms, fperms, hyper, block, work)",
           "            # explicit loops: Numba's 2-D slice assignment costs more than the copy itself",

@@ -287,7 +287,7 @@ class CompiledModel:
         n = np.asarray(x).shape[0]
         fperms = self.feature_permutations(perms, n)
         out = np.empty((3 * n, 3 * n))
-        work = np.empty(self.module.work_size(D.shape[1], 3 * n, len(fperms)))
+        work = np.empty(self.module.work_size(D.shape[1], 3 * n))
         self.module.force_block_parts(D[0], JAC[0], D[1], JAC[1], self.descriptor.atom_table(n),
                                       fperms, h, out, work)
         return out
@@ -367,12 +367,12 @@ class CompiledModel:
 
     def _predict_chunk(self, DQ, side, hyper):
         """(descriptor-space force sums (q, F), energies (q,)) of queries DQ against one side."""
-        dq = DQ - side.centre
+        dq, NQ, QC = side.queries(DQ)
         TD = np.matmul(dq, side.W.T, out=_scratch("TD", (len(dq), 2 * side.n_rows)))
         X = _scratch("X", TD.shape)
         SD, SP, E = np.empty(len(dq)), np.empty(len(dq)), np.empty(len(dq))
-        self.module.predict_coefficients(dq, side.DT, np.einsum("qf,qf->q", dq, dq), side.NT, TD,
-                                         dq @ side.centre + side.cc, side.TC, side.TB, side.CB, hyper, X, SD, SP, E)
+        self.module.predict_coefficients(dq, side.DT, NQ, side.NT, TD, QC, side.TC, side.TB, side.CB, hyper,
+                                         X, SD, SP, E)
         return X @ side.W + SD[:, None] * dq + SP[:, None] * side.centre, E
 
     TILE_QUERIES = 16  # queries a task of predict_tiles takes through its tiles together
@@ -382,14 +382,13 @@ class CompiledModel:
         among Numba's threads, and every thread takes all queries through its tiles."""
         import numba
         side = self._checked_side(side, DT, BT)
-        dq = DQ - side.centre
+        dq, NQ, QC = side.queries(DQ)
         threads = numba.get_num_threads()
         bounds = np.linspace(0, side.n_rows, threads + 1).astype(np.int64)
         ACC = np.empty((threads, len(dq), dq.shape[1]))
         EP = np.empty((threads, len(dq)))
-        self.module.predict_tiles(dq, np.einsum("qf,qf->q", dq, dq), dq @ side.centre + side.cc, side.centre,
-                                  side.DT, side.WT, side.NT, side.TC, side.TB, side.CB, hyper, bounds,
-                                  self.TILE_QUERIES, ACC, EP)
+        self.module.predict_tiles(dq, NQ, QC, side.centre, side.DT, side.WT, side.NT, side.TC, side.TB, side.CB,
+                                  hyper, bounds, self.TILE_QUERIES, ACC, EP)
         F = np.empty((len(dq), n_atoms, 3))
         self.module.forces_from_descriptor_gradients(np.ascontiguousarray(JACQ), self.descriptor.atom_table(n_atoms),
                                                      ACC.sum(axis=0), F)
@@ -431,6 +430,12 @@ class PredictionSide:
         self.TC = self.DT @ self.centre
         self.TB = np.einsum("mf,mf->m", self.DT, BT)
         self.CB = BT @ self.centre
+
+    def queries(self, DQ):
+        """The query side, as the generated kernels take it: the centred descriptors dq, their
+        squared norms NQ and QC = dq.centre + centre.centre (so that dq.dt + QC + TC = d.dt)."""
+        dq = DQ - self.centre
+        return dq, np.einsum("qf,qf->q", dq, dq), dq @ self.centre + self.cc
 
 
 _THREAD_SCRATCH = threading.local()
