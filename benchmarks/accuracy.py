@@ -65,7 +65,8 @@ def run_case(molecule, labels, sigmas, sweep_train, sweep_valid, n_train, log):
     result["sweep"] = {"n_train": int(sweep_train), "n_valid": int(sweep_valid),
                        "seconds": time.perf_counter() - t0, "steps": sweep.info["sigma_sweep"],
                        "sigma": sweep.sigma}
-    steps = ", ".join(f"{s['sigma']:g}: {s['force_mae']:.4f}" for s in sweep.info["sigma_sweep"])
+    steps = ", ".join(f"{s['sigma']:g}: {s['force_mae']:.4f}" if "force_mae" in s else f"{s['sigma']:g}: skipped"
+                      for s in sweep.info["sigma_sweep"])
     log(f"{molecule}/{labels}: sweep chose sigma {sweep.sigma:g} ({steps})")
     del sweep
 

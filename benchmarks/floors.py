@@ -224,14 +224,8 @@ def _cpu_model():
 
 
 def _memory_bytes():
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from runtime.assembly import proc_field_bytes
+    return proc_field_bytes("MemTotal")
 
 
 def _versions():

@@ -84,7 +84,7 @@ from statistics import median
 
 import numpy as np
 
-from runtime.assembly import available_memory_bytes
+from runtime.assembly import available_memory_bytes, proc_field_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "rmd17"
@@ -164,25 +164,12 @@ def peak_rss_bytes():
 
     Not getrusage's ru_maxrss: Linux keeps that across fork and execve, so a subprocess
     would report at least its parent's peak at the time of the fork."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = proc_field_bytes("VmHWM", "/proc/self/status")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
 
 
 def current_rss_bytes():
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return proc_field_bytes("VmRSS", "/proc/self/status")
 
 
 def tile(R, b):
@@ -807,15 +794,8 @@ def machine_fallback():
                 break
     except OSError:
         pass
-    mem = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
     return {"cpu_model": cpu, "nproc": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-            "ram_bytes": mem, "platform": platform.platform()}
+            "ram_bytes": proc_field_bytes("MemTotal"), "platform": platform.platform()}
 
 
 def machine():

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import sympy as sp
 
 from . import ad, ir
-from .errors import CompileError
-from .parser import POSITION_VARS, S, T, DescriptorIR, KernelIR
-from .simplify import Program, optimise, symbols_for
+from .errors import CompileError, DSLError
+from .parser import POSITION_VARS, S, T, DescriptorIR, KernelIR, user_var
+from .simplify import Program, limit_from_above, optimise, symbols_for
 
 # Coefficient name -> (IR variables it differentiates g by, powers of delta it multiplies).
 COEFFICIENTS = {
@@ -58,12 +58,22 @@ class KernelProgram:
 def descriptor_program(dir_: DescriptorIR) -> DescriptorProgram:
     body = dir_.body
     grads = ad.grad(body, POSITION_VARS)
-    names = list(POSITION_VARS) + list(dir_.z_args) + list(dir_.param_names)
+    if all(g is ir.ZERO for g in grads):
+        raise DSLError(f"descriptor {dir_.source.name!r} does not depend on the atom positions "
+                       "(its gradient is zero), so it cannot learn forces", *_return_location(dir_.source, dir_.body_line),
+                       "use the positions, e.g. norm(ri - rj)")
+    names = list(POSITION_VARS) + list(dir_.z_args) + [user_var(p) for p in dir_.param_names]
     symbols = symbols_for(names, positive=dir_.z_args)
     # CSE only: sympy.simplify on position gradients costs seconds to minutes and, on
     # the library, never gave fewer operations than CSE alone.
     program = optimise([body] + grads, symbols, full=False, prefix="t")
     return DescriptorProgram(program, _is_pair_symmetric(dir_))
+
+
+def _return_location(info, line):
+    """(file, line, column) of the return statement on ``line`` of a DSL function."""
+    text = info.excerpt(line)
+    return info.filename, line, text.find("return") + 1 if "return" in text else 1
 
 
 def _is_pair_symmetric(dir_: DescriptorIR, trials=8) -> bool:
@@ -75,7 +85,7 @@ def _is_pair_symmetric(dir_: DescriptorIR, trials=8) -> bool:
     swap.update({v: k for k, v in swap.items()})
     swap.update({"zi": "zj", "zj": "zi"})
     env = {name: rng.uniform(0.5, 2.0, trials) for name in list(POSITION_VARS) + ["zi", "zj"]}
-    env.update({p: rng.uniform(0.5, 2.0, trials) for p in dir_.param_names})
+    env.update({user_var(p): rng.uniform(0.5, 2.0, trials) for p in dir_.param_names})
     swapped = {k: env[swap.get(k, k)] for k in env}
     a, = ir.evaluate([dir_.body], env)
     b, = ir.evaluate([dir_.body], swapped)
@@ -90,14 +100,36 @@ def kernel_program(kir: KernelIR) -> KernelProgram:
     if not uses:
         raise CompileError(f"{kir.source.filename}:{kir.body_line}: kernel {kir.source.name!r} does not "
                            "depend on its descriptor arguments (use norm(d - dp), sqdist(d, dp) or dot(d, dp))")
-    symbols = symbols_for([S, T, *kir.hyper_names], positive=kir.hyper_names, nonnegative=(S,))
+    hyper = [user_var(h) for h in kir.hyper_names]
+    symbols = symbols_for([S, T, *hyper], positive=hyper, nonnegative=(S,))
+    value = optimise([g], symbols, full=True, prefix="v", require_sympy=True,
+                     origin=f"{kir.source.filename}:{kir.body_line}")  # _guard_value needs its sympy form
+    value.outputs, value_guards = _guard_value(value, symbols, kir)  # first: a divergent value says why
     raw = {name: ad.derivative(g, list(wrt)) for name, (wrt, _) in COEFFICIENTS.items()}
     present = {name: expr is not ir.ZERO for name, expr in raw.items()}
-    simplified = optimise(list(raw.values()), symbols, full=True, prefix="c", require_sympy=True)
+    simplified = optimise(list(raw.values()), symbols, full=True, prefix="c", require_sympy=True,
+                          origin=f"{kir.source.filename}:{kir.body_line}")
     coefficient_exprs, guards = _guard_origin(simplified, symbols, kir)
     simplified.outputs = coefficient_exprs
-    value = optimise([g], symbols, full=True, prefix="v")
-    return KernelProgram(value, simplified, present, guards, uses)
+    return KernelProgram(value, simplified, present, value_guards + guards, uses)
+
+
+def _guard_value(program: Program, symbols, kir: KernelIR):
+    """The kernel value (energies, energy constraints) finite at s = 0: a removable 0/0
+    replaced by its limit, or the kernel refused."""
+    (expr,) = program.outputs
+    s = symbols[S]
+    full = _expand(expr, program, symbols)
+    if not full.has(s) or not full.subs(s, 0).has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+        return [expr], []
+    limit = limit_from_above(full, s)
+    if limit is None or not limit.is_finite:
+        tends = "has no limit sympy can find" if limit is None else f"tends to {limit}"
+        raise DSLError(f"kernel {kir.source.name!r} is not finite at d = dp: its value {tends} "
+                       "at s = |d - dp|^2 = 0", *_return_location(kir.source, kir.body_line),
+                       "a kernel must be finite where its two descriptors are equal")
+    guarded = ir.make("where", ir.make("gt", ir.var(S), ir.ZERO), expr, _limit_expr(limit, symbols))
+    return [guarded], [f"value: removable singularity at s = 0 replaced by its limit {limit}"]
 
 
 def _guard_origin(program: Program, symbols, kir: KernelIR):
@@ -112,7 +144,11 @@ def _guard_origin(program: Program, symbols, kir: KernelIR):
             outputs.append(expr)
             continue
         if name in MUST_BE_FINITE_AT_ZERO or delta_power == 0:
-            limit = sp.limit(full, s, 0, "+")
+            limit = limit_from_above(full, s)
+            if limit is None:
+                raise CompileError(f"{where}: kernel {kir.source.name!r}: cannot decide whether {name} is "
+                                   "finite at d = dp (s = |d - dp|^2 = 0); use numeric exponents and "
+                                   "conditions that sympy can evaluate at s = 0")
             if not limit.is_finite:
                 raise CompileError(f"{where}: kernel {kir.source.name!r} is not twice differentiable at "
                                    f"d = dp: {name} diverges at s = |d - dp|^2 = 0")
@@ -120,10 +156,11 @@ def _guard_origin(program: Program, symbols, kir: KernelIR):
             outputs.append(ir.make("where", ir.make("gt", ir.var(S), ir.ZERO), expr,
                                    _limit_expr(limit, symbols)))
             continue
-        scaled = sp.limit(full * s ** sp.Rational(delta_power, 2), s, 0, "+")
-        if scaled != 0:
+        scaled = limit_from_above(full * s ** sp.Rational(delta_power, 2), s)
+        if scaled != 0:  # None (sympy cannot tell) is refused too
+            tends = "cannot be shown to vanish" if scaled is None else f"tends to {scaled}"
             raise CompileError(f"{where}: kernel {kir.source.name!r} is not twice differentiable at "
-                               f"d = dp: {name} * |delta|^{delta_power} tends to {scaled} at s = 0")
+                               f"d = dp: {name} * |delta|^{delta_power} {tends} at s = 0")
         guards.append(f"{name}: singular at s = 0 but multiplies delta^{delta_power}, whose product "
                       "vanishes there; set to 0 at s = 0")
         outputs.append(ir.make("where", ir.make("gt", ir.var(S), ir.ZERO), expr, ir.ZERO))

@@ -17,34 +17,61 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from .atomic_io import write_text_atomic
+from .errors import CompileError
 
 ENV_VAR = "GDMLC_GENERATED_DIR"
+END_MARKER = "# gdmlc: end of generated module\n"  # a file without it was cut short: rebuilt
 _LOADED: dict = {}
 
 
 def generated_dir() -> Path:
-    """$GDMLC_GENERATED_DIR, else the repository's generated/, else a user cache."""
+    """$GDMLC_GENERATED_DIR, else the repository's generated/, else a user cache.
+
+    A $GDMLC_GENERATED_DIR that cannot be written falls back to the user cache with a
+    one-line warning; when no folder is writable, a CompileError names them all."""
+    user_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gdmlc" / "generated"
     if os.environ.get(ENV_VAR):
-        path = Path(os.environ[ENV_VAR]).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    repo_dir = Path(__file__).resolve().parents[1] / "generated"
-    if _writable(repo_dir):
-        return repo_dir
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    path = base / "gdmlc" / "generated"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        chosen = Path(os.environ[ENV_VAR]).expanduser()
+        problem = _unwritable_reason(chosen)
+        if problem is None:
+            return chosen
+        tried = [f"{ENV_VAR}={chosen} ({problem})"]
+        if _unwritable_reason(user_dir) is None:
+            _warn_once(f"gdmlc: warning: {ENV_VAR}={chosen} is not a writable folder ({problem}); "
+                       f"generated modules go to {user_dir}")
+            return user_dir
+    else:
+        repo_dir = Path(__file__).resolve().parents[1] / "generated"
+        problem = _unwritable_reason(repo_dir)
+        if problem is None:
+            return repo_dir
+        tried = [f"{repo_dir} ({problem})"]
+    problem = _unwritable_reason(user_dir)
+    if problem is None:
+        return user_dir
+    raise CompileError(f"no writable folder for generated modules: {'; '.join(tried)}; {user_dir} ({problem}); "
+                       f"set {ENV_VAR} to a writable folder")
 
 
-def _writable(path: Path) -> bool:
+def _unwritable_reason(path: Path):
+    """None if generated modules can be written to ``path`` (created if missing), else why not."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe", delete=True)
         probe.close()
-        return True
-    except OSError:
-        return False
+        return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr)
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,15 +92,8 @@ def content_hash(*parts) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a generated module all at once (mode 0644), never half a file."""
+    write_text_atomic(path, text)
 
 
 def load_module(path: Path):
@@ -85,18 +105,44 @@ def load_module(path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     _LOADED[key] = module
     return module
 
 
+def _complete(path: Path) -> bool:
+    """The file ends with the line get_or_build appends: no truncated or cut-off module passes."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - len(END_MARKER) - 8))
+            return fh.read().rstrip().endswith(END_MARKER.strip().encode())
+    except OSError:
+        return False
+
+
+def _load_complete(path: Path):
+    """The module at ``path``, or None if it is truncated, corrupt or lacks METADATA."""
+    if not _complete(path):
+        return None
+    try:
+        module = load_module(path)
+    except Exception:  # noqa: BLE001 - any failure to import a cached file means: rebuild it
+        return None
+    return module if hasattr(module, "METADATA") else None
+
+
 def get_or_build(stem: str, key: str, build):
-    """The generated module ``<stem>_<key>.py``: loaded if present, else built by
-    ``build()`` (which returns the source text), written, and loaded.
+    """The generated module ``<stem>_<key>.py``: loaded if present and complete, else built by
+    ``build()`` (which returns the source text), written atomically, and loaded.
     Returns (module, path, built_now)."""
     path = generated_dir() / f"{stem}_{key}.py"
-    built = False
-    if not path.exists():
-        write_atomic(path, build())
-        built = True
-    return load_module(path), path, built
+    module = _load_complete(path) if path.exists() else None
+    if module is not None:
+        return module, path, False
+    _LOADED.pop(str(path), None)
+    write_atomic(path, build().rstrip("\n") + "\n" + END_MARKER)
+    return load_module(path), path, True

@@ -3,13 +3,44 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
+
+import numpy as np
 
 from .compiled import compile_descriptor, compile_kernel, compile_model
-from .errors import CompileError, DSLError
+from .errors import CompileError
 from .library import DEFAULT_DESCRIPTOR, DEFAULT_KERNEL, load_file, resolve
 from .verify import TOLERANCE, check_model
 
 EXAMPLE_ATOMS = 9  # feature counts are printed for a 9-atom molecule (ethanol)
+
+# What a user's input can cause: bad files, data, DSL, options, a full disk or a read-only folder,
+# an unsolvable training set.  Everything else is a bug in gdmlc and keeps its traceback.
+USER_ERRORS = (ValueError, SyntaxError, CompileError, OSError, MemoryError, np.linalg.LinAlgError)
+
+
+def run(args):
+    """Run a parsed command: a user's mistake is one line `gdmlc: error: ...` and exit code 2;
+    a bug prints its traceback and exits with 1."""
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"gdmlc: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gdmlc: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("gdmlc: internal error: this is a bug in gdmlc; please report it with the traceback above",
+              file=sys.stderr)
+        return 1
+
+
+def one_line(exc):
+    """An exception's message on one line (its type when it has none)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def add_commands(sub):
@@ -28,10 +59,12 @@ def add_commands(sub):
 def _entries(path):
     try:
         entries = load_file(path)
-    except (FileNotFoundError, SyntaxError) as exc:
-        raise SystemExit(f"gdmlc: {exc}")
+    except (ValueError, SyntaxError, OSError):
+        raise
+    except Exception as exc:  # the user's module failed while being imported
+        raise ValueError(f"{path}: importing it raised {type(exc).__name__}: {exc}") from None
     if not entries:
-        raise SystemExit(f"gdmlc: {path} defines no @descriptor or @kernel function")
+        raise ValueError(f"{path} defines no @descriptor or @kernel function")
     return entries
 
 
@@ -51,6 +84,8 @@ def cmd_compile(args):
         print(f"  Jacobian nonzeros  {3 * c.slots(EXAMPLE_ATOMS)} per row "
               f"({c.slots(EXAMPLE_ATOMS)} atoms x 3)")
         print(f"  ops (term + grad)  {before} -> {after} after simplification")
+        for note in c.metadata.get("descriptor_notes", []):
+            print(f"  note               {note}")
         print(f"  atom-swap symmetric {c.symmetric}")
         print(f"  generated          {c.module_path}  ({time.perf_counter() - start:.2f} s)")
     for dsl in kerns:
@@ -65,6 +100,8 @@ def cmd_compile(args):
         print(f"  Hessian structure  identity + rank-one terms from {', '.join(terms)}")
         print(f"  ops (value)        {meta['kernel_value_ops'][0]} -> {meta['kernel_value_ops'][1]}")
         print(f"  ops (derivatives)  {meta['kernel_ops'][0]} -> {meta['kernel_ops'][1]} after simplification")
+        for note in meta.get("kernel_notes", []):
+            print(f"  note               {note}")
         for note in meta["guards"]:
             print(f"  at d = dp          {note}")
         print(f"  generated          {c.module_path}  ({time.perf_counter() - start:.2f} s)")
@@ -85,12 +122,21 @@ def _demo_geometry(n):
 
 def _pick(entries, name, kind, default):
     if name:
-        return [entries[name]] if name in entries and entries[name].kind == kind else [resolve(name, kind)]
+        if name in entries and entries[name].kind != kind:
+            raise ValueError(f"--{kind} {name}: {name} is a {entries[name].kind}, not a {kind}")
+        if name in entries:
+            return [entries[name]]
+        try:
+            return [resolve(name, kind)]
+        except TypeError as exc:  # a library kernel named as a descriptor, or vice versa
+            raise ValueError(f"--{kind} {name}: {exc}") from None
     found = [e for e in entries.values() if e.kind == kind]
     return found or [resolve(default, kind)]
 
 
 def cmd_check(args):
+    if args.atoms < 2 or args.trials < 1:
+        raise ValueError(f"--atoms must be at least 2 and --trials at least 1 (got {args.atoms}, {args.trials})")
     entries = _entries(args.file)
     descs = _pick(entries, args.descriptor, "descriptor", DEFAULT_DESCRIPTOR)
     kerns = _pick(entries, args.kernel, "kernel", DEFAULT_KERNEL)
@@ -98,10 +144,13 @@ def cmd_check(args):
     for d in descs:
         for k in kerns:
             print(f"{d.name} x {k.name}: {args.trials} random geometries of {args.atoms} atoms vs JAX")
-            errors = check_model(compile_model(d, k), n_atoms=args.atoms, trials=args.trials)
+            notes = {}
+            errors = check_model(compile_model(d, k), n_atoms=args.atoms, trials=args.trials, notes=notes)
             for name, err in errors.items():
                 flag = "ok" if err <= TOLERANCE else "FAIL"
                 print(f"  {name:42s} max rel. error {err:9.2e}  {flag}")
+                if name in notes:
+                    print(f"  {'':42s} {notes[name]}")
                 worst = max(worst, err)
     verdict = "passed" if worst <= TOLERANCE else "FAILED"
     print(f"{verdict}: largest relative error {worst:.2e} (tolerance {TOLERANCE:g})")
@@ -114,11 +163,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="gdmlc")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (DSLError, CompileError, ValueError) as exc:
-        print(f"gdmlc: {exc}", file=sys.stderr)
-        return 2
+    return run(args)
 
 
 if __name__ == "__main__":

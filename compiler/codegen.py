@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .analysis import DescriptorProgram, KernelProgram
 from .lower import program_lines
-from .parser import POSITION_VARS, DescriptorIR, KernelIR
+from .parser import POSITION_VARS, DescriptorIR, KernelIR, user_var
 
 NJIT = "@njit(cache=True, error_model='numpy')"
 NJIT_PARALLEL = "@njit(cache=True, parallel=True, error_model='numpy')"
@@ -31,6 +31,11 @@ def quote_source(info, body_line=None) -> list:
     return lines
 
 
+def unpack_lines(names, array) -> list:
+    """`u_name = array[k]`: the DSL's parameters or hyperparameters under their IR names."""
+    return [f"    {user_var(name)} = {array}[{k}]" for k, name in enumerate(names)]
+
+
 # --------------------------------------------------------------------------- descriptor
 
 def descriptor_source(dir_: DescriptorIR, prog: DescriptorProgram) -> list:
@@ -39,7 +44,7 @@ def descriptor_source(dir_: DescriptorIR, prog: DescriptorProgram) -> list:
     lines = [*quote_source(dir_.source), NJIT, f"def site_term({args}):",
              f'    """One feature term of {dir_.source.name} and its gradient in ri and rj '
              f'(from {dir_.source.filename}:{dir_.body_line})."""']
-    lines += [f"    {p} = params[{k}]" for k, p in enumerate(dir_.param_names)]
+    lines += unpack_lines(dir_.param_names, "params")
     lines += program_lines(prog.term, "numba", out_names)
     lines += [f"    return {', '.join(out_names)}", "", ""]
     call = ("site_term(R[i, 0], R[i, 1], R[i, 2], R[j, 0], R[j, 1], R[j, 2], "
@@ -92,7 +97,7 @@ def descriptor_source(dir_: DescriptorIR, prog: DescriptorProgram) -> list:
 # --------------------------------------------------------------------------- kernel
 
 def kernel_source(kir: KernelIR, prog: KernelProgram) -> list:
-    unpack = [f"    {h} = hyper[{k}]" for k, h in enumerate(kir.hyper_names)]
+    unpack = unpack_lines(kir.hyper_names, "hyper")
     lines = [*quote_source(kir.source)]
     for note in prog.guards:
         lines.append(f"# at s = 0: {note}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -17,16 +18,25 @@ from .parser import DescriptorIR, module_constants, parse_descriptor, parse_kern
 
 def _params_table(dsl, dir_: DescriptorIR) -> np.ndarray:
     """(channels, n_params) table: lists give one channel each, numbers broadcast."""
-    columns = [np.atleast_1d(np.asarray(dsl.params[p], dtype=np.float64)) for p in dir_.param_names]
+    from .errors import DSLError
+
+    def error(message):  # the decorator line, where params were written
+        return DSLError(f"descriptor {dsl.name}: {message}", dir_.source.filename,
+                        dir_.source.first_line, 1, "give each parameter a finite number or a list of "
+                        "them; all lists of the same length")
+
+    try:
+        columns = [np.atleast_1d(np.asarray(dsl.params[p], dtype=np.float64)) for p in dir_.param_names]
+    except (TypeError, ValueError):
+        raise error("parameters must be numbers or lists of numbers") from None
     lengths = {len(c) for c in columns if len(c) > 1}
     if len(lengths) > 1:
-        raise ValueError(f"descriptor {dsl.name}: parameter lists have different lengths "
-                         f"{dict(zip(dir_.param_names, map(len, columns)))}")
+        raise error(f"parameter lists have different lengths {dict(zip(dir_.param_names, map(len, columns)))}")
     channels = lengths.pop() if lengths else 1
     if not columns:
         return np.zeros((1, 0))
-    if not all(np.all(np.isfinite(c)) for c in columns):
-        raise ValueError(f"descriptor {dsl.name}: parameters must be finite numbers")
+    if not all(c.ndim == 1 and c.size and np.all(np.isfinite(c)) for c in columns):
+        raise error("parameters must be finite numbers or non-empty flat lists of them")
     return np.stack([np.broadcast_to(c, (channels,)) for c in columns], axis=1).copy()
 
 
@@ -34,7 +44,8 @@ def _descriptor_metadata(dir_, prog):
     return {"descriptor": dir_.source.name, "descriptor_file": dir_.source.filename,
             "descriptor_line": dir_.source.first_line, "over": dir_.over.name,
             "symmetric": prog.symmetric,
-            "descriptor_ops": [prog.term.ops_before, prog.term.ops_after]}
+            "descriptor_ops": [prog.term.ops_before, prog.term.ops_after],
+            "descriptor_notes": list(prog.term.notes)}
 
 
 def _kernel_metadata(kir, prog):
@@ -42,7 +53,8 @@ def _kernel_metadata(kir, prog):
             "kernel_line": kir.source.first_line, "present": prog.present, "guards": prog.guards,
             "uses": list(prog.uses),
             "kernel_ops": [prog.coefficients.ops_before, prog.coefficients.ops_after],
-            "kernel_value_ops": [prog.value.ops_before, prog.value.ops_after]}
+            "kernel_value_ops": [prog.value.ops_before, prog.value.ops_after],
+            "kernel_notes": list(prog.coefficients.notes) + list(prog.value.notes)}
 
 
 def _source_key(dsl, table=None):
@@ -111,14 +123,17 @@ class CompiledDescriptor:
             return np.ones(n_atoms)
         return checks.atomic_numbers(z, n_atoms)
 
-    def evaluate(self, R, z=None):
-        """(D (M, F), JAC (M, F, K, 3), single) for R (N, 3) or (M, N, 3)."""
-        R3, single = checks.geometries(R)
+    def evaluate(self, R, z=None, validated=False):
+        """(D (M, F), JAC (M, F, K, 3), single) for R (N, 3) or (M, N, 3).
+
+        ``validated``: R is already a checks.geometries() result (the runtime checks each input once)."""
+        R3, single = (R, False) if validated else checks.geometries(R)
         m, n, _ = R3.shape
         zf = self._z(z, n)
         D = np.empty((m, self.n_features(n)))
         JAC = np.empty((m, self.n_features(n), self.slots(n), 3))
-        self.module.descriptor_many(R3, zf, self.params, D, JAC)
+        with numba_threads(threads_for(m)):
+            self.module.descriptor_many(R3, zf, self.params, D, JAC)
         return D, JAC, single
 
     def values(self, R, z=None):
@@ -196,7 +211,14 @@ class CompiledKernel:
     name = property(lambda self: self.dsl.name)
     hyper_names = property(lambda self: self.ir.hyper_names)
 
-    def hyper(self, **values):
+    @property
+    def sigma_name(self):
+        """The length scale σ the runtime sweeps: the hyperparameter named sigma, else the
+        first one; None for a kernel without hyperparameters."""
+        names = self.hyper_names
+        return "sigma" if "sigma" in names else (names[0] if names else None)
+
+    def hyper(self, /, **values):
         """Hyperparameters as the float64 array the generated code takes."""
         unknown = set(values) - set(self.hyper_names)
         if unknown:
@@ -223,7 +245,7 @@ class CompiledKernel:
             raise ValueError(f"d and dp must have the same number of features, got {d.shape} and {dp.shape}")
         return d, dp, np.sum((d - dp) ** 2, axis=-1), np.sum(d * dp, axis=-1)
 
-    def coefficients(self, s, t, **hyper):
+    def coefficients(self, s, t, /, **hyper):
         """(g_s, g_t, g_ss, g_st, g_tt) at scalar s, t."""
         return self.module.kernel_coefficients(float(s), float(t), self.hyper(**hyper))
 
@@ -231,19 +253,19 @@ class CompiledKernel:
         s, t = np.broadcast_arrays(np.asarray(s, float), np.asarray(t, float))
         return np.array([fn(a, b) for a, b in zip(s.ravel(), t.ravel())]).reshape(s.shape + (-1,))
 
-    def value(self, d, dp, **hyper):
+    def value(self, d, dp, /, **hyper):  # /: a hyperparameter may be named d
         h = self.hyper(**hyper)
         _, _, s, t = self._st(d, dp)
         return self._map(lambda a, b: (self.module.kernel_value(a, b, h),), s, t)[..., 0]
 
-    def gradient(self, d, dp, **hyper):
+    def gradient(self, d, dp, /, **hyper):
         """dk/dd = 2 g_s (d - dp) + g_t dp."""
         h = self.hyper(**hyper)
         d, dp, s, t = self._st(d, dp)
         c = self._map(lambda a, b: self.module.kernel_coefficients(a, b, h), s, t)
         return 2 * c[..., 0:1] * (d - dp) + c[..., 1:2] * dp
 
-    def hessian_vector(self, d, dp, v, **hyper):
+    def hessian_vector(self, d, dp, v, /, **hyper):
         """(d2k / dd ddp^T) v, using the structure: identity plus rank-one terms."""
         h = self.hyper(**hyper)
         d, dp, s, t = self._st(d, dp)
@@ -319,10 +341,14 @@ class CompiledModel:
     def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms, side=None):
         """Energies (Q,) and forces (Q, N, 3) from query descriptors and Jacobians against the
         permuted training descriptors DT and coefficients BT (MP, F).  ``side``: the
-        prediction_side(DT, BT) of a trained model, computed once instead of per call."""
-        if DQ.shape[0] < self.SMALL_BATCH:
-            return self.predict_parts_tiled(DQ, JACQ, DT, BT, hyper, n_atoms, side=side)
-        return self.predict_parts_batched(DQ, JACQ, DT, BT, hyper, n_atoms, side=side)
+        prediction_side(DT, BT) of a trained model, computed once instead of per call.
+        Small work runs on this thread alone (threads_for), with the same sums, bit for bit."""
+        import numba
+        parts = numba.get_num_threads()  # the tiled split, whatever the threads that run it
+        with numba_threads(threads_for(DQ.shape[0])):
+            if DQ.shape[0] < self.SMALL_BATCH:
+                return self.predict_parts_tiled(DQ, JACQ, DT, BT, hyper, n_atoms, side=side, parts=parts)
+            return self.predict_parts_batched(DQ, JACQ, DT, BT, hyper, n_atoms, side=side)
 
     def prediction_side(self, DT, BT):
         """The training-side arrays of prediction (they depend only on the trained model)."""
@@ -377,16 +403,18 @@ class CompiledModel:
 
     TILE_QUERIES = 16  # queries a task of predict_tiles takes through its tiles together
 
-    def predict_parts_tiled(self, DQ, JACQ, DT, BT, hyper, n_atoms, side=None):
-        """predict_parts by the generated tiled loops (no BLAS): the training rows are shared
-        among Numba's threads, and every thread takes all queries through its tiles."""
+    def predict_parts_tiled(self, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, parts=None):
+        """predict_parts by the generated tiled loops (no BLAS): the training rows are split
+        into ``parts`` (default: one per Numba thread) summed separately, and every thread takes
+        all queries through its parts' tiles.  The sums depend on ``parts`` only, not on the
+        threads that run them, so one thread given the parts of two gives the same bits."""
         import numba
         side = self._checked_side(side, DT, BT)
         dq, NQ, QC = side.queries(DQ)
-        threads = numba.get_num_threads()
-        bounds = np.linspace(0, side.n_rows, threads + 1).astype(np.int64)
-        ACC = np.empty((threads, len(dq), dq.shape[1]))
-        EP = np.empty((threads, len(dq)))
+        parts = parts or numba.get_num_threads()
+        bounds = np.linspace(0, side.n_rows, parts + 1).astype(np.int64)
+        ACC = np.empty((parts, len(dq), dq.shape[1]))
+        EP = np.empty((parts, len(dq)))
         self.module.predict_tiles(dq, NQ, QC, side.centre, side.DT, side.WT, side.NT, side.TC, side.TB, side.CB,
                                   hyper, bounds, self.TILE_QUERIES, ACC, EP)
         F = np.empty((len(dq), n_atoms, 3))
@@ -404,8 +432,9 @@ class CompiledModel:
 
     def add_energy_weight_terms(self, DQ, JACQ, DT, WT, hyper, E, F):
         """E, F += the energy-coefficient terms of a joint energy+force model (in place)."""
-        self.module.predict_energy_weights(DQ, JACQ, self.descriptor.atom_table(F.shape[1]), DT, WT, hyper,
-                                           E, F)
+        with numba_threads(threads_for(DQ.shape[0])):
+            self.module.predict_energy_weights(DQ, JACQ, self.descriptor.atom_table(F.shape[1]), DT, WT,
+                                               hyper, E, F)
 
     def contract(self, JAC, V):
         n_atoms = V.shape[1]
@@ -451,6 +480,41 @@ def _scratch(name, shape):
     if name not in arrays or arrays[name].size < size:
         arrays[name] = np.empty(size)
     return arrays[name][:size].reshape(shape)
+
+
+# Work on at most this many geometries runs on the calling thread alone.  A parallel region
+# ends at a barrier that waits for every thread; when another process holds a core, the
+# thread on that core waits for its time slice, and one ethanol geometry (M=500) took 15 ms
+# with Numba's OpenMP threads instead of 0.14 ms on one thread.  A second thread at most
+# halves small work; a thread that waits for its core multiplies it (benchmarks/md_bench.py).
+SERIAL_GEOMETRIES = 10
+
+
+def threads_for(n_geometries, available=None):
+    """Numba threads for work on n_geometries: 1 for small work, else all ``available``
+    (default: the calling thread's current Numba thread count)."""
+    if n_geometries <= SERIAL_GEOMETRIES:
+        return 1
+    if available is None:
+        import numba
+        available = numba.get_num_threads()
+    return available
+
+
+@contextmanager
+def numba_threads(count):
+    """Context: Numba's parallel loops of this thread run on ``count`` threads (the setting is
+    per calling thread in Numba, so other threads are not affected), restored afterwards."""
+    import numba
+    before = numba.get_num_threads()
+    if count == before:
+        yield
+        return
+    numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 _POOL = (None, 0)

@@ -13,7 +13,7 @@ so the CPU solver and the CPU prediction read what these kernels write.
 from __future__ import annotations
 
 from .analysis import DescriptorProgram, KernelProgram
-from .codegen import rank_one_terms, quote_source
+from .codegen import quote_source, rank_one_terms, unpack_lines
 from .lower import program_lines
 from .parser import POSITION_VARS, DescriptorIR, KernelIR
 
@@ -30,7 +30,7 @@ def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR
     lines = [*quote_source(dir_.source), DEVICE, f"def site_term({args}):",
              f'    """One feature term of {dir_.source.name} and its gradient in ri and rj '
              f'(from {dir_.source.filename}:{dir_.body_line})."""']
-    lines += [f"    {p} = params[{k}]" for k, p in enumerate(dir_.param_names)]
+    lines += unpack_lines(dir_.param_names, "params")
     lines += program_lines(dprog.term, "cuda", out_names)
     lines += [f"    return {', '.join(out_names)}", "", ""]
 
@@ -40,7 +40,7 @@ def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR
               f'    """dg/ds, dg/dt, d2g/ds2, d2g/dsdt, d2g/dt2 of {kir.source.name} '
               f'(from {kir.source.filename}:{kir.body_line}),',
               '    with s = |d - dp|^2 and t = d . dp (by gdmlc AD, simplified)."""']
-    lines += [f"    {h} = hyper[{k}]" for k, h in enumerate(kir.hyper_names)]
+    lines += unpack_lines(kir.hyper_names, "hyper")
     lines += program_lines(kprog.coefficients, "cuda", ["g_s", "g_t", "g_ss", "g_st", "g_tt"])
     lines += ["    return g_s, g_t, g_ss, g_st, g_tt", "", ""]
     return lines

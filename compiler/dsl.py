@@ -40,27 +40,52 @@ neighbours = IndexSpace("neighbours")
 INDEX_SPACES = {"pairs": pairs, "neighbours": neighbours}
 
 
+@dataclass(frozen=True)
+class StoredSource:
+    """A DSL function's text as stored in a model file, standing in for the Python function.
+
+    It is only ever parsed (``ast``), never imported or executed: the parser reads
+    ``source`` and ``constants`` instead of inspecting a live function."""
+
+    name: str
+    source: str          # the def with its decorator lines, as inspect.getsource gives it
+    filename: str        # where it was defined when the model was trained (messages only)
+    first_line: int      # line of its first decorator there
+    constants: dict      # the module-level numbers the body reads
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"{self.name} was read from a model file: it can be compiled, not called")
+
+
 @dataclass
 class DSLFunction:
-    """A decorated DSL function: the Python function plus what the decorator said."""
+    """A decorated DSL function: the Python function (or its stored text) plus what the
+    decorator said."""
 
-    fn: object
+    fn: object                     # a Python function, or a StoredSource read from a model file
     kind: str                      # 'descriptor' or 'kernel'
     over: IndexSpace | None = None
     params: dict = field(default_factory=dict)
     default_sigmas: tuple | None = None
 
     @property
+    def stored(self):
+        """The StoredSource when this function was read from a model file, else None."""
+        return self.fn if isinstance(self.fn, StoredSource) else None
+
+    @property
     def name(self):
-        return self.fn.__name__
+        return self.stored.name if self.stored else self.fn.__name__
 
     @property
     def filename(self):
+        if self.stored:
+            return self.stored.filename
         return inspect.getsourcefile(self.fn) or "<unknown>"
 
     @property
     def source(self):
-        return inspect.getsource(self.fn)
+        return self.stored.source if self.stored else inspect.getsource(self.fn)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -77,14 +102,67 @@ def descriptor(fn=None, *, over=pairs, params=None, sigmas=None):
     ``sigmas`` is an optional default grid of kernel length scales suited to
     this descriptor's feature scale.
     """
-    if isinstance(over, str):
-        over = INDEX_SPACES[over]
-
     def wrap(f):
-        return DSLFunction(f, "descriptor", over, dict(params or {}),
-                           None if sigmas is None else tuple(float(s) for s in sigmas))
+        site = _definition_site(f)
+        return DSLFunction(f, "descriptor", _index_space(over, site), _checked_params(params, site),
+                           None if sigmas is None else _checked_sigmas(sigmas, site))
 
     return wrap if fn is None else wrap(fn)
+
+
+def _definition_site(f):
+    """(file, line) of the decorator above ``f``: where its arguments were written."""
+    code = getattr(f, "__code__", None)
+    if code is not None:
+        return code.co_filename, code.co_firstlineno
+    return getattr(f, "filename", "<unknown>"), getattr(f, "first_line", 0)
+
+
+def _decorator_error(site, message, hint):
+    from .errors import DSLError
+    return DSLError(message, site[0], site[1], 1, hint)
+
+
+def _index_space(over, site) -> IndexSpace:
+    if isinstance(over, IndexSpace):
+        return over
+    if isinstance(over, str) and over in INDEX_SPACES:
+        return INDEX_SPACES[over]
+    raise _decorator_error(site, f"unknown index space over={over!r}",
+                           f"valid index spaces: {', '.join(INDEX_SPACES)}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) \
+        and bool(np.isfinite(float(x)))
+
+
+def _checked_params(params, site) -> dict:
+    """``params`` as a dict of finite numbers or equal-length lists of them."""
+    hint = "give each parameter a number or a list of numbers; all lists of the same length"
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise _decorator_error(site, f"params must be a dict of names to values, got {params!r}", hint)
+    lengths = {}
+    for name, value in params.items():
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        if not values or not all(_is_number(v) for v in values):
+            raise _decorator_error(site, f"parameter {name!r} = {value!r} is not a finite number "
+                                         "or a non-empty list of finite numbers", hint)
+        if isinstance(value, (list, tuple, np.ndarray)) and len(values) > 1:
+            lengths[name] = len(values)
+    if len(set(lengths.values())) > 1:
+        raise _decorator_error(site, f"parameter lists have different lengths {lengths}", hint)
+    return dict(params)
+
+
+def _checked_sigmas(sigmas, site) -> tuple:
+    values = list(sigmas) if isinstance(sigmas, (list, tuple, np.ndarray)) else [sigmas]
+    if not values or not all(_is_number(s) and float(s) > 0 for s in values):
+        raise _decorator_error(site, f"sigmas={sigmas!r} must be a list of positive numbers",
+                               "e.g. sigmas=[0.5, 1, 2, 4]")
+    return tuple(float(s) for s in values)
 
 
 def kernel(fn=None):
@@ -98,6 +176,7 @@ def kernel(fn=None):
 
 # Math names, usable from plain Python on numpy arrays.
 sqrt, exp, log, sin, cos, arccos, tanh = np.sqrt, np.exp, np.log, np.sin, np.cos, np.arccos, np.tanh
+cosh, sinh = np.cosh, np.sinh
 abs = np.abs  # noqa: A001 - the DSL name is abs
 
 
@@ -118,4 +197,5 @@ def sqdist(a, b):
 
 
 __all__ = ["descriptor", "kernel", "pairs", "neighbours", "pi", "sqrt", "exp", "log", "sin",
-           "cos", "arccos", "tanh", "abs", "where", "norm", "dot", "sqdist", "DSLFunction"]
+           "cos", "arccos", "tanh", "cosh", "sinh", "abs", "where", "norm", "dot", "sqdist", "DSLFunction",
+           "StoredSource"]

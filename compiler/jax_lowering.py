@@ -11,7 +11,7 @@ import numpy as np
 
 from . import ir
 from .lower import spell
-from .parser import POSITION_VARS, S, T, DescriptorIR, KernelIR
+from .parser import POSITION_VARS, S, T, DescriptorIR, KernelIR, user_var
 
 
 def _jax():
@@ -49,7 +49,7 @@ def _function_text(name, args, body, prologue=()):
 def descriptor_function(dir_: DescriptorIR, params_table: np.ndarray):
     """``D(R, z=None) -> (F,)`` in jax.numpy, features ordered as the Numba kernels."""
     jax, jnp = _jax()
-    args = list(POSITION_VARS) + ["zi", "zj"] + list(dir_.param_names)
+    args = list(POSITION_VARS) + ["zi", "zj"] + [user_var(p) for p in dir_.param_names]
     source = _function_text("term", args, dir_.body)
     namespace = {"jnp": jnp}
     exec(compile(source, f"<gdmlc jax {dir_.source.name}>", "exec"), namespace)
@@ -69,7 +69,7 @@ def descriptor_function(dir_: DescriptorIR, params_table: np.ndarray):
         zf = jnp.ones(n) if z is None else jnp.asarray(z, dtype=jnp.float64)
         pos = {f"ri_{k}": R[I, k].reshape(site_shape) for k in range(3)}
         pos.update({f"rj_{k}": R[J, k].reshape(site_shape) for k in range(3)})
-        params = {p: table[:, k] for k, p in enumerate(dir_.param_names)}
+        params = {user_var(p): table[:, k] for k, p in enumerate(dir_.param_names)}
         values = term(**pos, zi=zf[I].reshape(site_shape), zj=zf[J].reshape(site_shape), **params)
         values = jnp.broadcast_to(values, site_shape[:-1] + (table.shape[0],))
         if over == "neighbours":
@@ -81,19 +81,25 @@ def descriptor_function(dir_: DescriptorIR, params_table: np.ndarray):
 
 
 def kernel_function(kir: KernelIR):
-    """``k(d, dp, **hyper)`` in jax.numpy, with s and t computed from whole vectors."""
+    """``k(d, dp, **hyper)`` in jax.numpy, with s and t computed from whole vectors;
+    ``hyper`` by the DSL's names (the lowered text uses the IR's prefixed ones)."""
     jax, jnp = _jax()
-    source = _function_text("kernel", ["d", "dp", *kir.hyper_names], kir.body,
+    source = _function_text("kernel", ["d", "dp", *map(user_var, kir.hyper_names)], kir.body,
                             prologue=[f"{S} = jnp.sum((d - dp) ** 2)", f"{T} = jnp.sum(d * dp)"])
     namespace = {"jnp": jnp}
     exec(compile(source, f"<gdmlc jax {kir.source.name}>", "exec"), namespace)
-    kernel = namespace["kernel"]
+    lowered = namespace["kernel"]
+
+    def kernel(d, dp, /, **hyper):  # /: a hyperparameter may be named d
+        return lowered(d, dp, **{user_var(name): value for name, value in hyper.items()})
+
     kernel.source = source
     return kernel
 
 
 def force_block_function(descriptor, kernel):
-    """C(x, x') = sum_P d/dx d/dx'^T k(D(x), D(x'[perm])) by JAX AD (jacfwd of grad)."""
+    """C(x, x') = sum_P d/dx d/dx'^T k(D(x), D(x'[perm])) by JAX AD, forward over forward:
+    reverse mode would multiply the NaN derivative of a where()'s unselected branch by 0."""
     jax, jnp = _jax()
 
     def energy_kernel(x, xp, perms, z, hyper):
@@ -103,7 +109,7 @@ def force_block_function(descriptor, kernel):
     def block(x, xp, perms, z, hyper):
         x, xp = jnp.asarray(x), jnp.asarray(xp)
         n = x.shape[0]
-        C = jax.jacfwd(jax.grad(energy_kernel, argnums=0), argnums=1)(x, xp, perms, z, hyper)
+        C = jax.jacfwd(jax.jacfwd(energy_kernel, argnums=0), argnums=1)(x, xp, perms, z, hyper)
         return np.asarray(C).reshape(3 * n, 3 * n)
 
     return block

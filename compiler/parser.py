@@ -20,7 +20,7 @@ import textwrap
 from dataclasses import dataclass
 
 from . import ir
-from .dsl import DSLFunction, IndexSpace
+from .dsl import DSLFunction, IndexSpace, StoredSource
 from .errors import DSLError
 from .primitives import COMPARISONS, DSL_FUNCTIONS
 
@@ -61,6 +61,13 @@ class KernelIR:
 
 
 POSITION_VARS = tuple(f"r{a}_{k}" for a in "ij" for k in range(3))
+USER_PREFIX = "u_"  # no name the compiler generates starts with it
+
+
+def user_var(name: str) -> str:
+    """The IR (and generated-code) name of a DSL parameter or hyperparameter: prefixed, so
+    a user's `ri_0`, `g_s`, `t0` or `math` never collides with the compiler's own names."""
+    return USER_PREFIX + name
 
 
 class Vec3(tuple):
@@ -75,18 +82,22 @@ class KernelVector:
 
 def _read_function(dsl: DSLFunction):
     fn = dsl.fn
-    try:
-        lines, first_line = inspect.getsourcelines(fn)
-    except (OSError, TypeError) as exc:
-        raise DSLError(f"cannot read the source of {fn.__name__!r} ({exc})",
-                       getattr(fn, "__code__", None) and fn.__code__.co_filename or "<unknown>",
-                       0, 0, "define DSL functions in a .py file, not interactively") from None
-    filename = inspect.getsourcefile(fn) or "<unknown>"
+    if dsl.stored:  # read from a model file: its text, never a live function
+        lines, first_line = dsl.stored.source.splitlines(keepends=True), dsl.stored.first_line
+        filename = dsl.filename
+    else:
+        try:
+            lines, first_line = inspect.getsourcelines(fn)
+        except (OSError, TypeError) as exc:
+            raise DSLError(f"cannot read the source of {fn.__name__!r} ({exc})",
+                           getattr(fn, "__code__", None) and fn.__code__.co_filename or "<unknown>",
+                           0, 0, "define DSL functions in a .py file, not interactively") from None
+        filename = inspect.getsourcefile(fn) or "<unknown>"
     source = textwrap.dedent("".join(lines))
     indent = len(lines[0]) - len(lines[0].lstrip())
     tree = ast.parse(source)
     fdef = next(n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
-    info = SourceInfo(fn.__name__, filename, first_line, lines)
+    info = SourceInfo(dsl.name, filename, first_line, lines)
     return fdef, info, indent
 
 
@@ -166,7 +177,7 @@ class _BodyParser:
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 self.error(node, f"constant {node.value!r} is not a number", "use int or float literals")
-            return ir.const(node.value)
+            return self.finite_constant(node.value, node, "constant")
         if isinstance(node, ast.Name):
             return self.lookup(node.id, node)
         if isinstance(node, ast.BinOp):
@@ -205,10 +216,28 @@ class _BodyParser:
         if name in self.env:
             return self.env[name]
         if name in self.constants:
-            return ir.const(self.constants[name])
+            return self.finite_constant(self.constants[name], node, f"module-level number {name!r} =")
         self.error(node, f"name {name!r} is not defined in the DSL body",
                    "use an argument, a local assigned above, a module-level number, or a DSL "
                    f"function ({', '.join(ALLOWED_CALLS)})")
+
+    def finite_constant(self, value, node, what):
+        """A finite float64 constant; 1e400, 10**400 (as a literal) and inf are DSL errors."""
+        number = _finite_float(value)
+        if number is None:
+            self.error(node, f"{what} {_short(value)} is not a finite float64 number",
+                       "use a finite number (|x| < 1.8e308)")
+        return ir.const(number)
+
+    def folded(self, value, node):
+        """``value``, checked finite where it is an operation on constants: 1 / 0, 10 ** 400,
+        0.0 ** -1, log(0) are errors here rather than inf or NaN in the generated code."""
+        if isinstance(value, ir.Expr) and value.args and all(a.is_const for a in value.args):
+            (number,) = ir.evaluate([value], {})
+            if _finite_float(number) is None:
+                self.error(node, f"the constant expression {ast.unparse(node)} is not finite ({number})",
+                           "fix the constant (e.g. a division by zero or an overflow)")
+        return value
 
     def condition(self, node):
         if isinstance(node, ast.BoolOp):
@@ -251,7 +280,8 @@ class _BodyParser:
             self.arity(node, 1 if name == "norm" else 2)
             return self.vector_helper(name, args, node)
         self.arity(node, 1)
-        return ir.make(DSL_FUNCTIONS[name], self.scalar(args[0], node, f"the argument of {name}()"))
+        return self.folded(ir.make(DSL_FUNCTIONS[name], self.scalar(args[0], node, f"the argument of {name}()")),
+                           node)
 
     def arity(self, node, n):
         if len(node.args) != n:
@@ -283,7 +313,30 @@ def _scalar_binop(parser, op, a, b, node):
     kind = _SCALAR_OPS.get(type(op))
     if kind is None:
         parser.error(node, f"operator {type(op).__name__} is not supported", "use + - * / **")
-    return ir.make(kind, parser.scalar(a, node, "an operand"), parser.scalar(b, node, "an operand"))
+    return parser.folded(ir.make(kind, parser.scalar(a, node, "an operand"), parser.scalar(b, node, "an operand")),
+                         node)
+
+
+def _finite_float(value):
+    """``value`` as a finite float, or None (inf, nan, or an int too large for float64)."""
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _as_float(number):
+    """float(number), with ints beyond float64 as ±inf (reported where a body reads them)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def _short(value, limit=40):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _DescriptorParser(_BodyParser):
@@ -329,11 +382,22 @@ class _KernelParser(_BodyParser):
     def binop(self, op, a, b, node):
         ka, kb = isinstance(a, KernelVector), isinstance(b, KernelVector)
         if not ka and not kb:
+            if isinstance(op, ast.Pow):
+                self.numeric_exponent_of_distance(a, b, node)
             return _scalar_binop(self, op, a, b, node)
         if ka and kb and isinstance(op, ast.Sub) and {a.kind, b.kind} == {"d", "dp"}:
             return KernelVector("delta")
         self.error(node, "descriptor vectors may only be combined as d - dp inside a reduction",
                    "a kernel depends on d and dp only through norm(d - dp), sqdist(d, dp) or dot(d, dp)")
+
+    def numeric_exponent_of_distance(self, base, exponent, node):
+        """x ** p with x depending on |d - dp| needs a number p: whether the kernel is twice
+        differentiable at d = dp depends on p's value, which the compiler must check."""
+        if isinstance(exponent, ir.Expr) and not exponent.is_const and isinstance(base, ir.Expr) \
+                and S in ir.free_variables([base]):
+            self.error(node, f"the exponent of {ast.unparse(node.left)} must be a number: the base "
+                             "depends on |d - dp|", "write e.g. norm(d - dp) ** 1.5, not ** p with a "
+                             "hyperparameter p (differentiability at d = dp depends on its value)")
 
     def negate(self, a, node):
         if isinstance(a, KernelVector):
@@ -359,13 +423,19 @@ class _KernelParser(_BodyParser):
 
 
 def module_constants(fn):
-    """Numbers the body may read from its module or closure."""
+    """Numbers the body may read from its module or closure (for a function read from a
+    model file: the numbers stored with it)."""
+    if isinstance(fn, DSLFunction):
+        fn = fn.fn
+    if isinstance(fn, StoredSource):
+        return {"pi": math.pi, **fn.constants}
     try:
         closure = inspect.getclosurevars(fn)
         names = {**closure.globals, **closure.nonlocals}
     except (TypeError, ValueError):
         names = dict(getattr(fn, "__globals__", {}))
-    consts = {k: float(v) for k, v in names.items()
+    # an int beyond float64 becomes ±inf, which the parser reports where the body reads it
+    consts = {k: _as_float(v) for k, v in names.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool)}
     consts.setdefault("pi", math.pi)
     return consts
@@ -399,7 +469,7 @@ def parse_descriptor(dsl: DSLFunction) -> DescriptorIR:
             parser.env[name] = ir.var(name)
             z_args.append(name)
         elif name in dsl.params:
-            parser.env[name] = ir.var(name)
+            parser.env[name] = ir.var(user_var(name))
             param_names.append(name)
         else:
             parser.error(fdef, f"argument {name!r} has no value",
@@ -424,15 +494,13 @@ def parse_kernel(dsl: DSLFunction) -> KernelIR:
     parser.env[names[0]] = KernelVector("d")
     parser.env[names[1]] = KernelVector("dp")
     hyper = names[2:]
-    for name in hyper:
-        if name in (S, T):
-            parser.error(fdef, f"hyperparameter name {name!r} is reserved for the kernel's reductions",
-                         "rename it (s = |d - dp|^2 and t = d . dp are used internally)")
-        parser.env[name] = ir.var(name)
+    for name in hyper:  # any name: user names are prefixed in the IR, so `s` never meets the reduction s
+        parser.env[name] = ir.var(user_var(name))
     hyper_defaults = {}
     for name, default in zip(names[len(names) - len(defaults):], defaults):
-        if name not in hyper or not (isinstance(default, ast.Constant) and isinstance(default.value, (int, float))):
+        if name not in hyper or not (isinstance(default, ast.Constant) and isinstance(default.value, (int, float))
+                                     and not isinstance(default.value, bool)):
             parser.error(default, "hyperparameter defaults must be numbers", "e.g. def k(d, dp, sigma, c=1.0)")
-        hyper_defaults[name] = float(default.value)
+        hyper_defaults[name] = parser.finite_constant(default.value, default, "default").value
     body, line = parser.run()
     return KernelIR(info, tuple(hyper), hyper_defaults, body, line)

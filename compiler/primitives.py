@@ -40,6 +40,16 @@ class Primitive:
         for column in ("cuda", "numba_vector"):
             if getattr(self, column) is None:
                 object.__setattr__(self, column, self.numba)
+        if self.partials is None:
+            object.__setattr__(self, "partials", _no_derivative_rule(self.name))
+
+
+def _no_derivative_rule(name):
+    """Partials of a primitive without a rule: a clear error, never a silent zero."""
+    def partials(args, out):
+        from .errors import CompileError
+        raise CompileError(f"no derivative rule for {name}(): it cannot be differentiated")
+    return partials
 
 
 def _lazy():
@@ -112,6 +122,9 @@ _TABLE = [
     _unary("cos", np.cos, lambda a, o: (-_lazy().make("sin", a[0]),), "math.cos", "jnp.cos", sp.cos),
     _unary("arccos", np.arccos, _arccos_partials, "math.acos", "jnp.arccos", sp.acos),
     _unary("tanh", np.tanh, lambda a, o: (1.0 - o * o,), "math.tanh", "jnp.tanh", sp.tanh),
+    # sympy writes derivatives of tanh with cosh/sinh, so they need IR forms too
+    _unary("cosh", np.cosh, lambda a, o: (_lazy().make("sinh", a[0]),), "math.cosh", "jnp.cosh", sp.cosh),
+    _unary("sinh", np.sinh, lambda a, o: (_lazy().make("cosh", a[0]),), "math.sinh", "jnp.sinh", sp.sinh),
     _unary("abs", np.abs, _abs_partials, "abs", "jnp.abs", sp.Abs),
     # np.sign is not available in CUDA device code: spell it with comparisons there
     Primitive("sign", 1, np.sign, _sign_partials, "np.sign({0})", "jnp.sign({0})", sp.sign,
@@ -133,7 +146,7 @@ PRIMITIVES: dict[str, Primitive] = {p.name: p for p in _TABLE}
 # Names a DSL body may call, mapped to the primitive they build.
 DSL_FUNCTIONS = {
     "sqrt": "sqrt", "exp": "exp", "log": "log", "sin": "sin", "cos": "cos",
-    "arccos": "arccos", "tanh": "tanh", "abs": "abs", "where": "where",
+    "arccos": "arccos", "tanh": "tanh", "cosh": "cosh", "sinh": "sinh", "abs": "abs", "where": "where",
 }
 
 COMPARISONS = {"Lt": "lt", "LtE": "le", "Gt": "gt", "GtE": "ge", "Eq": "eq", "NotEq": "ne"}

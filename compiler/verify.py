@@ -23,13 +23,31 @@ def random_geometry(rng, n_atoms, min_distance=0.9, scale=None):
 
 
 def relative_error(value, reference):
+    """Largest |value - reference| over the largest |reference|; inf when either side has a
+    non-finite entry (a plain max would drop a NaN: max(0.0, nan) is 0.0)."""
     value, reference = np.asarray(value, float), np.asarray(reference, float)
+    if nonfinite_entry(value, reference) is not None:
+        return float("inf")
     scale = max(np.abs(reference).max(), 1e-300)
     return float(np.abs(value - reference).max() / scale)
 
 
-def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None):
-    """Max relative error of each entry point against JAX: {name: error}."""
+def nonfinite_entry(value, reference):
+    """'non-finite at index ...: ours X, JAX Y' for the first entry where either array is not
+    finite, else None."""
+    value, reference = np.broadcast_arrays(np.asarray(value, float), np.asarray(reference, float))
+    bad = ~(np.isfinite(value) & np.isfinite(reference))
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    return f"non-finite at index {index}: ours {float(value[index])!r}, JAX {float(reference[index])!r}"
+
+
+def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None, notes=None):
+    """Max relative error of each entry point against JAX: {name: error}.  An entry point whose
+    output or reference has a non-finite entry gets error inf, and ``notes`` (a dict, if given)
+    the first such entry.  References are forward-mode JAX derivatives: reverse mode turns the
+    unselected branch of a where() into 0 * NaN (e.g. a cutoff (1 - x)**1.5 beyond x = 1)."""
     import jax
     import jax.numpy as jnp
 
@@ -41,23 +59,30 @@ def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None):
     errors = {}
 
     def track(name, value, reference):
-        errors[name] = max(errors.get(name, 0.0), relative_error(value, reference))
+        error = relative_error(value, reference)
+        if notes is not None and name not in notes and nonfinite_entry(value, reference):
+            notes[name] = nonfinite_entry(value, reference)
+        errors[name] = max(errors.get(name, 0.0), error)
 
-    perms = np.array([np.arange(n_atoms), _swap(n_atoms, 3, 4)])  # H atoms 3 and 4
+    perms = np.array([np.arange(n_atoms), _swap_alike(z)])
     for _ in range(trials):
         x, xp = random_geometry(rng, n_atoms), random_geometry(rng, n_atoms)
-        d_ref = np.asarray(D_jax(jnp.asarray(x), z))
-        track("descriptor values", desc.values(x, z), d_ref)
-        track("descriptor Jacobian", desc.jacobian(x, z),
-              np.asarray(jax.jacfwd(D_jax)(jnp.asarray(x), z)))
+        for geometry in (x, xp):
+            track("descriptor values", desc.values(geometry, z), np.asarray(D_jax(jnp.asarray(geometry), z)))
+            track("descriptor Jacobian", desc.jacobian(geometry, z),
+                  np.asarray(jax.jacfwd(D_jax)(jnp.asarray(geometry), z)))
         d, dp = desc.values(x, z), desc.values(xp, z)
-        scale = sigma or max(float(np.linalg.norm(d - dp)), 1e-3)
-        hyper = {name: scale if name == "sigma" else kern.ir.hyper_defaults.get(name, 1.0)
+        if not (np.all(np.isfinite(d)) and np.all(np.isfinite(dp))):
+            continue  # failed above; the kernel's entry points refuse non-finite descriptors
+        # sigma of the order of |d - dp|, but not equal to it: r = |d - dp| / sigma = 1 would sit exactly
+        # on the edge of a kernel of compact support (where(r < 1, ...)), where the two sides may differ
+        scale = sigma or max(1.37 * float(np.linalg.norm(d - dp)), 1e-3)
+        hyper = {name: scale if name == kern.sigma_name else kern.ir.hyper_defaults.get(name, 1.0)
                  for name in kern.hyper_names}
         track("kernel value", kern.value(d, dp, **hyper), float(k_jax(d, dp, **hyper)))
-        track("kernel gradient", kern.gradient(d, dp, **hyper), np.asarray(jax.grad(k_jax)(d, dp, **hyper)))
+        track("kernel gradient", kern.gradient(d, dp, **hyper), np.asarray(jax.jacfwd(k_jax)(d, dp, **hyper)))
         v = rng.normal(size=d.shape)
-        hvp = jax.jacfwd(jax.grad(k_jax, argnums=0), argnums=1)(d, dp, **hyper) @ v
+        hvp = jax.jacfwd(jax.jacfwd(k_jax, argnums=0), argnums=1)(d, dp, **hyper) @ v
         track("kernel Hessian-vector product", kern.hessian_vector(d, dp, v, **hyper), np.asarray(hvp))
         track("force block", model.force_block(x, xp, z=z, **hyper),
               model.jax_force_block(x, xp, z=z, **hyper))
@@ -68,9 +93,14 @@ def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None):
     return errors
 
 
-def _swap(n, a, b):
-    p = np.arange(n)
-    p[[a, b]] = p[[b, a]]
+def _swap_alike(z):
+    """The permutation exchanging the last two atoms of one species (identity if all differ)."""
+    p = np.arange(len(z))
+    for species in np.unique(z):
+        same = np.flatnonzero(z == species)
+        if len(same) >= 2:
+            p[same[-2:]] = same[-2:][::-1]
+            return p
     return p
 
 

@@ -1,5 +1,5 @@
 """gdmlc runtime: train, evaluate, save and load force fields built from compiled kernels."""
-from .data import Dataset, DatasetError, load_dataset
+from .data import DEFAULT_DATA, Dataset, DatasetError, load_dataset
 from .model import GDML
 
-__all__ = ["GDML", "load_dataset", "Dataset", "DatasetError"]
+__all__ = ["GDML", "load_dataset", "Dataset", "DatasetError", "DEFAULT_DATA"]

@@ -8,29 +8,119 @@ of a ``prange`` gives every thread the same amount of work.
 """
 from __future__ import annotations
 
+import resource
+from pathlib import Path, PurePosixPath
+
 import numpy as np
 
 from .progress import Progress
+
+UNLIMITED = 2 ** 60  # cgroup v1 writes "no limit" as about 2^63
+# resource limit -> the /proc/self/status field that counts against it
+RLIMIT_USAGE = {"RLIMIT_AS": "VmSize", "RLIMIT_DATA": "VmData"}
 
 
 class MemoryLimitError(MemoryError):
     pass
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (None where unknown)."""
+def proc_field_bytes(field: str, path="/proc/meminfo") -> int | None:
+    """A 'Field:  123 kB' line of /proc/meminfo or /proc/self/status, in bytes (None where absent)."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
 
+def available_memory_bytes(meminfo="/proc/meminfo", cgroup_list="/proc/self/cgroup",
+                           cgroup_root="/sys/fs/cgroup", status="/proc/self/status",
+                           rlimits=None) -> int | None:
+    """Bytes this process can still allocate (None where nothing is known): the least of
+    MemAvailable, the room under every cgroup memory limit above it (v2 and v1, each ancestor)
+    and under RLIMIT_AS / RLIMIT_DATA.  A container's MemAvailable is the host's, so it alone
+    lets a training matrix start that the cgroup then kills.  ``rlimits``: {name: soft limit}
+    instead of asking the kernel (for tests)."""
+    known = [proc_field_bytes("MemAvailable", meminfo), *cgroup_room(cgroup_list, cgroup_root),
+             *rlimit_room(status, rlimits)]
+    known = [v for v in known if v is not None]
+    return max(0, min(known)) if known else None
+
+
+def cgroup_room(cgroup_list="/proc/self/cgroup", cgroup_root="/sys/fs/cgroup") -> list[int]:
+    """Bytes left under each memory limit of this process's cgroups and their ancestors:
+    limit - usage + inactive page cache (which the kernel reclaims before it kills)."""
+    room = []
+    for version, folder in _memory_cgroup_folders(cgroup_list, cgroup_root):
+        if version == 2:
+            limit, usage = _read_int(folder / "memory.max"), _read_int(folder / "memory.current")
+            cache = _stat_field(folder / "memory.stat", "inactive_file")
+        else:
+            limit, usage = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
+            cache = _stat_field(folder / "memory.stat", "total_inactive_file")
+        if limit is not None and limit < UNLIMITED and usage is not None:
+            room.append(limit - usage + (cache or 0))
+    return room
+
+
+def _memory_cgroup_folders(cgroup_list, cgroup_root):
+    """(version, folder) for this process's memory cgroups (v2 unified and v1 'memory'), deepest first."""
+    try:
+        lines = Path(cgroup_list).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            version, base = 2, Path(cgroup_root)
+        elif "memory" in controllers.split(","):
+            version, base = 1, Path(cgroup_root) / "memory"
+        else:
+            continue
+        rel = PurePosixPath(path).parts[1:]  # without the leading "/"
+        out += [(version, base.joinpath(*rel[:k])) for k in range(len(rel), -1, -1)]
+    return out
+
+
+def _read_int(path) -> int | None:
+    """An integer file of the cgroup tree; None if absent or 'max' (no limit)."""
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stat_field(path, key) -> int | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def rlimit_room(status="/proc/self/status", rlimits=None) -> list[int]:
+    """Bytes left under RLIMIT_AS and RLIMIT_DATA: the soft limit minus what is mapped now."""
+    room = []
+    for name, field in RLIMIT_USAGE.items():
+        soft = rlimits.get(name) if rlimits is not None else resource.getrlimit(getattr(resource, name))[0]
+        if soft is None or soft == resource.RLIM_INFINITY or soft < 0:
+            continue
+        room.append(soft - (proc_field_bytes(field, status) or 0))
+    return room
+
+
 def check_memory(n_rows: int, what="training matrix", fraction=0.9) -> int:
-    """Refuse (with the size needed) rather than swap."""
+    """Refuse (with the size needed) rather than swap or be killed."""
     needed = n_rows * n_rows * 8
     available = available_memory_bytes()
     if available is not None and needed > fraction * available:

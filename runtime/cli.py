@@ -2,41 +2,85 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import keyword
+import os
 import sys
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from compiler import checks
 from compiler import cli as compiler_cli
-from compiler.errors import CompileError, DSLError
+from compiler.atomic_io import atomic_writer
+from compiler.library import LIBRARY_DESCRIPTORS, LIBRARY_KERNELS, resolve
 
-from .data import DatasetError, check_force_energy_consistency, load_dataset
+from .data import (DEFAULT_DATA, DatasetError, check_force_energy_consistency, check_same_species,
+                   load_dataset, load_geometries, unit_labels)
 from .model import GDML, error_table
-from .model_file import ModelFileError
 
-DEFAULT_DATA = Path(__file__).resolve().parent / "default_data" / "ethanol_gfn2xtb_500K.npz"
+MAX_SIGMA_VALUES = 1000  # a range like 1:1e9:1 is a typo, not a grid
+
+
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("gdmlc")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        import compiler
+        return compiler.__version__
 
 
 def parse_sigma(text):
-    """'20' -> [20]; '10,20,40' -> list; '10:90:10' -> 10, 20, ..., 90."""
+    """'20' -> [20]; '10,20,40' -> list; '10:90:10' -> 10, 20, ..., 90 (all positive and finite)."""
     if text is None:
         return None
+    usage = "a positive number, a list 10,20,40 or a range START:STOP:STEP such as 10:90:10"
     try:
         if ":" in text:
             start, stop, step_ = (float(v) for v in text.split(":"))
-            return list(np.arange(start, stop + step_ / 2, step_))
-        return [float(v) for v in text.split(",")]
+            if not step_ > 0 or not stop >= start or (stop - start) / step_ >= MAX_SIGMA_VALUES:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not a range: it needs STOP >= START, STEP > 0 and at most "
+                    f"{MAX_SIGMA_VALUES} values (expected {usage})")
+            values = list(np.arange(start, stop + step_ / 2, step_))
+        else:
+            values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sigma takes a number, a list 10,20,40 or a range 10:90:10, "
-                                         f"not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {usage}, not {text!r}") from None
+    bad = [v for v in values if not (np.isfinite(v) and v > 0)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"sigma must be positive and finite, got {bad[0]:g} in {text!r}")
+    return values
+
+
+def parse_hyper(text):
+    """'NAME=VALUE' -> (NAME, float VALUE): a kernel hyperparameter besides sigma."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier() or keyword.iskeyword(name):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. alpha=0.5), not {text!r}")
+    if name == "sigma":
+        raise argparse.ArgumentTypeError("set sigma with --sigma, not --hyper")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: expected a number, not {value!r}") from None
+    if not np.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{name}: expected a finite number, not {value!r}")
+    return name, number
 
 
 def split_indices(n_frames, n_train, n_valid, n_test, seed):
+    """Disjoint random (train, valid, test) frame indices of one file."""
+    for option, count, least in (("--n-train", n_train, 1), ("--n-valid", n_valid, 0), ("--n-test", n_test, 0)):
+        if count < least:
+            raise DatasetError(f"{option} must be at least {least}, got {count}")
     needed = n_train + n_valid + n_test
-    if n_train < 1:
-        raise DatasetError("--n-train must be at least 1")
     if needed > n_frames:
         raise DatasetError(f"n-train + n-valid + n-test = {n_train} + {n_valid} + {n_test} = {needed} "
                            f"is larger than the data ({n_frames} frames)")
@@ -45,7 +89,7 @@ def split_indices(n_frames, n_train, n_valid, n_test, seed):
 
 
 def _units(ds):
-    return ds.energy_unit, f"{ds.energy_unit}/{ds.length_unit}"
+    return unit_labels(ds.energy_unit, ds.length_unit)
 
 
 def print_errors(title, errors, ds, file=None):
@@ -58,33 +102,27 @@ def print_errors(title, errors, ds, file=None):
     print(f"  {'forces':8s} {errors['force_mae']:10.4f} {errors['force_rmse']:10.4f}  {f_unit}", file=file)
 
 
+class CLIError(ValueError):
+    """A mistake in the command line; printed as one line, exit code 2."""
+
+
 def cmd_train(args):
     start = time.perf_counter()
     data_path = Path(args.data) if args.data else DEFAULT_DATA
-    ds = load_dataset(data_path, labels=args.labels)
+    descriptor = _resolve_dsl(args.descriptor, "descriptor")
+    kernel = _resolve_dsl(args.kernel, "kernel")
+    hyper = _hyper_option(args.hyper)
+    _check_counts(args.n_train, args.n_valid, args.n_test)
+    _refuse_same_files({"the training data": data_path, "--valid": args.valid, "--test": args.test})
+    out = _checked_output(args.output, [data_path, args.valid, args.test,
+                                        *(_dsl_file(spec) for spec in (args.descriptor, args.kernel))])
+    ds = _load(data_path, args)
     print(f"dataset  {data_path}  ({ds.name}, {len(ds)} frames, {ds.n_atoms} atoms, {ds.theory})")
-    if args.valid or args.test:
-        valid = load_dataset(args.valid, labels=args.labels) if args.valid else None
-        test = load_dataset(args.test, labels=args.labels) if args.test else None
-        train_idx, _, _ = split_indices(len(ds), args.n_train, 0, 0, args.seed)
-        valid_idx = test_idx = np.array([], dtype=int)
-        train = ds.subset(train_idx)
-        if valid is not None and args.n_valid and args.n_valid < len(valid):
-            valid_idx = np.random.default_rng(args.seed + 1).permutation(len(valid))[:args.n_valid]
-            valid = valid.subset(valid_idx)
-    else:
-        n_test = args.n_test if args.n_test is not None else min(1000, len(ds) - args.n_train - args.n_valid)
-        train_idx, valid_idx, test_idx = split_indices(len(ds), args.n_train, args.n_valid, max(n_test, 0),
-                                                       args.seed)
-        train, valid, test = ds.subset(train_idx), ds.subset(valid_idx) if len(valid_idx) else None, \
-            ds.subset(test_idx) if len(test_idx) else None
-    for other, what in ((valid, "validation"), (test, "test")):
-        if other is not None and not np.array_equal(other.z, ds.z):
-            raise DatasetError(f"{what} data has species {other.z.tolist()} but training data has {ds.z.tolist()}")
-    sigma = parse_sigma(args.sigma)
-    model = GDML(descriptor=args.descriptor, kernel=args.kernel, sigma=sigma, lam=args.lam,
+    parts = _split(ds, args)
+    train, valid, test = (parts[role][0] if role in parts else None for role in ("training", "validation", "test"))
+    model = GDML(descriptor=descriptor, kernel=kernel, sigma=args.sigma, lam=args.lam,
                  symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints,
-                 device=args.device)
+                 device=args.device, **hyper)
     if args.energy_constraints and train.E is None:
         raise DatasetError(f"--energy-constraints needs energies, but {data_path} has none")
     if valid is None and len(model.sigma_grid) > 1:
@@ -99,13 +137,21 @@ def cmd_train(args):
               valid=None if valid is None else (valid.R, valid.F, valid.E))
     for warning in check_force_energy_consistency(train.R, train.E, train.F) if train.E is not None else []:
         print(f"warning: {warning}", file=sys.stderr)
+    from_training_file = {role: idx if part.source == ds.source else np.array([], dtype=int)
+                          for role, (part, idx) in parts.items()}
     model.info.update({
         "dataset": str(data_path), "dataset_name": ds.name, "dataset_fingerprint": ds.fingerprint(),
         "theory": ds.theory, "labels": ds.labels, "energy_unit": ds.energy_unit,
-        "length_unit": ds.length_unit, "train_indices": train_idx, "valid_indices": valid_idx,
-        "test_indices": test_idx, "seed": args.seed,
+        "length_unit": ds.length_unit, "train_indices": from_training_file["training"],
+        "valid_indices": from_training_file.get("validation", np.array([], dtype=int)),
+        "test_indices": from_training_file.get("test", np.array([], dtype=int)), "seed": args.seed,
+        **{f"{role}_dataset": str(args_file) for role, args_file in (("valid", args.valid), ("test", args.test))
+           if args_file},
     })
     print(f"\nsigma    {model.sigma:g} (lambda {model.lam_used:g}), {len(model.perms)} permutation(s)")
+    edge = sigma_edge_warning(model)
+    if edge:
+        print(f"warning: {edge}", file=sys.stderr)
     if "validation" in model.info:
         print_errors("validation errors", model.info["validation"], ds)
     if test is not None:
@@ -113,10 +159,123 @@ def cmd_train(args):
         model.info["test"] = errors
         print_errors(f"test errors ({len(test)} frames)", errors, ds)
     model.info["train_seconds"] = time.perf_counter() - start
-    out = Path(args.output)
     model.save(out)
     print(f"\nsaved    {out}  (total {model.info['train_seconds']:.1f} s)")
     return 0
+
+
+def _load(path, args, require_forces=True):
+    return load_dataset(path, labels=args.labels, require_forces=require_forces,
+                        energy_key=args.energy_key, forces_key=args.forces_key)
+
+
+def _split(ds, args):
+    """{'training'|'validation'|'test': (Dataset, frame indices in its file)}, all frames checked.
+
+    Parts not given as files are disjoint random draws from the training file."""
+    files = {role: _load(path, args) for role, path in (("validation", args.valid), ("test", args.test)) if path}
+    n_valid = 0 if "validation" in files else args.n_valid
+    if "test" in files:
+        n_test = 0
+    elif args.n_test is not None:
+        n_test = args.n_test
+    else:
+        n_test = min(1000, max(len(ds) - args.n_train - n_valid, 0))
+    drawn = dict(zip(("training", "validation", "test"),
+                     split_indices(len(ds), args.n_train, n_valid, n_test, args.seed)))
+    parts = {role: (ds, idx) for role, idx in drawn.items() if len(idx)}
+    for role, other in files.items():
+        check_same_species(other.z, ds.z, other.source, ref=f"the training data {Path(ds.source).name}")
+        idx = np.arange(len(other))
+        if role == "validation" and 0 < args.n_valid < len(other):
+            idx = np.sort(np.random.default_rng(args.seed + 1).permutation(len(other))[:args.n_valid])
+        parts[role] = (other, idx)
+    for role, (source, idx) in parts.items():
+        validate_frames(source.R, idx, source.source, role)
+    return {role: (source.subset(idx), idx) for role, (source, idx) in parts.items()}
+
+
+def validate_frames(R, frames, source, role):
+    """Refuse unusable geometries before any assembly, naming the frame's index in its file."""
+    checks.geometries(R[frames], f"{source} ({role} data)", frame_index=frames)
+
+
+def _check_counts(n_train, n_valid, n_test):
+    for option, count, least in (("--n-train", n_train, 1), ("--n-valid", n_valid, 0), ("--n-test", n_test, 0)):
+        if count is not None and count < least:
+            raise CLIError(f"{option} must be at least {least}, got {count}")
+
+
+def _refuse_same_files(named):
+    """Two roles given the same file would share frames (test frames must never be trained on)."""
+    given = [(role, Path(path)) for role, path in named.items() if path is not None]
+    for k, (role, path) in enumerate(given):
+        for other_role, other in given[k + 1:]:
+            if path.exists() and other.exists() and os.path.samefile(path, other):
+                raise CLIError(f"{other_role} {other} is the same file as {role}: its frames would overlap; "
+                               f"draw disjoint frames from one file with --n-valid/--n-test instead")
+
+
+def _checked_output(path, inputs, option="-o"):
+    """The output path, refused before any work if it cannot be written or would overwrite an input."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise CLIError(f"{option} {path}: is a folder; give a file name")
+    if not folder.is_dir():
+        raise CLIError(f"{option} {path}: the folder {folder} does not exist")
+    try:  # a probe, not os.access: root ignores permission bits, read-only mounts do not
+        tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.").close()
+    except OSError as exc:
+        raise CLIError(f"{option} {path}: cannot write into {folder} ({exc.strerror or exc})") from None
+    for other in inputs:
+        if other is not None and path.exists() and Path(other).exists() and os.path.samefile(path, other):
+            raise CLIError(f"{option} {path}: is the input file {other}; writing it would destroy the input")
+    return path
+
+
+def _dsl_file(spec):
+    """The .py file of a 'FILE.py:func' spec, else None."""
+    head = spec.rsplit(":", 1)[0] if ":" in spec else ""
+    return Path(head) if head.endswith(".py") else None
+
+
+def _resolve_dsl(spec, kind):
+    """The DSL function of --descriptor/--kernel; a wrong name, kind or file is the user's mistake."""
+    other = "kernel" if kind == "descriptor" else "descriptor"
+    if spec in (LIBRARY_KERNELS if kind == "descriptor" else LIBRARY_DESCRIPTORS):
+        raise CLIError(f"--{kind} {spec}: {spec} is a library {other}, not a {kind}; pass it as --{other}")
+    try:
+        return resolve(spec, kind)
+    except (TypeError, ValueError, SyntaxError, OSError) as exc:  # TypeError: a kernel given as descriptor
+        raise CLIError(f"--{kind} {spec}: {exc}") from None
+    except Exception as exc:  # the user's own module failed while being imported
+        if _dsl_file(spec) is None:
+            raise
+        raise CLIError(f"--{kind} {spec}: importing {_dsl_file(spec)} raised {type(exc).__name__}: {exc}") from None
+
+
+def _hyper_option(pairs):
+    """GDML keyword arguments for --hyper NAME=VALUE (none when the flag is not used)."""
+    if not pairs:
+        return {}
+    if "hyper" not in inspect.signature(GDML).parameters:
+        raise CLIError("--hyper: this version of the runtime does not accept extra kernel hyperparameters yet")
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CLIError(f"--hyper {repeated[0]} is given more than once")
+    return {"hyper": dict(pairs)}
+
+
+def sigma_edge_warning(model):
+    """A warning when the chosen sigma is the smallest or largest of a grid: the best may lie beyond."""
+    grid = sorted(getattr(model, "sigma_grid", None) or [])
+    if len(grid) < 2 or model.sigma not in (grid[0], grid[-1]):
+        return None
+    side, further = ("smallest", "smaller") if model.sigma == grid[0] else ("largest", "larger")
+    return (f"sigma {model.sigma:g} is the {side} value of the grid {grid[0]:g}..{grid[-1]:g}: "
+            f"the best sigma may be {further}; extend the grid with --sigma")
 
 
 def _training_frames(model, ds):
@@ -128,53 +287,88 @@ def _training_frames(model, ds):
 
 
 def cmd_test(args):
+    plot = _checked_plot(args.plot, [args.model, args.data]) if args.plot else None
     model = GDML.load(args.model).set_device(args.device)
-    ds = load_dataset(args.data, labels=args.labels)
+    ds = _load(args.data, args)
+    check_same_species(ds.z, model.z, ds.source)
     keep = np.setdiff1d(np.arange(len(ds)), _training_frames(model, ds))
-    if args.n and args.n < len(keep):
-        keep = np.sort(np.random.default_rng(0).choice(keep, args.n, replace=False))
+    if not len(keep):
+        raise DatasetError(f"{args.data}: every frame was used in training or validation; nothing to test on")
+    if args.n is not None:
+        if args.n < 1:
+            raise CLIError(f"--n must be at least 1, got {args.n}")
+        if args.n < len(keep):
+            keep = np.sort(np.random.default_rng(0).choice(keep, args.n, replace=False))
+    validate_frames(ds.R, keep, ds.source, "test")
     ds = ds.subset(keep)
     E_pred, F_pred = model.predict(ds.R)
     errors = error_table(E_pred if model.energy_constant is not None else None, F_pred, ds.E, ds.F)
     print_errors(f"{args.model} on {args.data} ({len(ds)} frames not used in training)", errors, ds)
-    if args.plot:
+    if plot:
         from .plots import parity_plot
-        parity_plot(args.plot, E_pred, F_pred, ds, title=f"{Path(args.model).name} on {ds.name}")
-        print(f"plot     {args.plot}")
+        parity_plot(plot, E_pred, F_pred, ds, title=f"{Path(args.model).name} on {ds.name}")
+        print(f"plot     {plot}")
     return 0
 
 
+def _checked_plot(path, inputs):
+    """The --plot path, checked (with matplotlib and the format) before any prediction."""
+    from .plots import pyplot
+    try:
+        plt = pyplot()
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    path = _checked_output(path, inputs, "--plot")
+    suffix = path.suffix.lstrip(".").lower() or "png"
+    if suffix not in plt.gcf().canvas.get_supported_filetypes():
+        raise CLIError(f"--plot {path}: matplotlib cannot write .{suffix} files; use .png, .pdf or .svg")
+    plt.close("all")
+    return path
+
+
 def cmd_predict(args):
-    model = GDML.load(args.model).set_device(args.device)
     path = Path(args.geometries)
-    if path.suffix == ".npz":
-        with np.load(path) as f:
-            R = f["R"] if "R" in f.files else f["coords"]
+    out = _checked_output(args.output, [args.model, path]) if args.output else None
+    model = GDML.load(args.model).set_device(args.device)
+    R, z = load_geometries(path)
+    if z is None:
+        print(f"note: {path} has no atomic numbers (z): species and atom order could not be checked "
+              f"against the model", file=sys.stderr)
     else:
-        import ase.io
-        R = np.array([a.get_positions() for a in ase.io.read(path, index=":")])
+        check_same_species(z, model.z, str(path))
+    validate_frames(R, np.arange(len(R)), str(path), "input")
     E, F = model.predict(R)
-    if args.output:
-        np.savez(args.output, E=E, F=F, R=R)
-        print(f"wrote {args.output}: E {E.shape}, F {F.shape}")
+    if out:
+        with atomic_writer(out) as fh:
+            np.savez(fh, E=E, F=F, R=R)
+        print(f"wrote {out}: E {E.shape}, F {F.shape}")
     else:
-        unit = model.info.get("energy_unit", "energy units")
+        unit, _ = unit_labels(model.info.get("energy_unit", "unknown"), model.info.get("length_unit", "unknown"))
         for k, (e, f) in enumerate(zip(np.atleast_1d(E), np.reshape(F, (-1,) + F.shape[-2:]))):
             print(f"frame {k}: E = {e:.6f} {unit}")
             print(np.array2string(f, precision=5, suppress_small=True))
     return 0
 
 
+def _is_model_file(path):
+    """A gdmlc model (an npz holding a 'format' entry), as opposed to a dataset."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "format.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def cmd_info(args):
     path = Path(args.file)
-    try:
-        model = GDML.load(path)
-    except ModelFileError:
-        ds = load_dataset(path)
+    if not _is_model_file(path):
+        ds = load_dataset(path, require_forces=False)
+        e_unit, f_unit = _units(ds)
         print(f"dataset {path}: {ds.name}, {len(ds)} frames, {ds.n_atoms} atoms z={ds.z.tolist()}, "
-              f"theory {ds.theory}, units {ds.energy_unit} / {ds.length_unit}, "
-              f"energies {'yes' if ds.E is not None else 'no'}")
+              f"theory {ds.theory}, energies {'yes' if ds.E is not None else 'no'} ({e_unit}), "
+              f"forces {'yes' if ds.F is not None else 'no'} ({f_unit})")
         return 0
+    model = GDML.load(path)  # a model that fails to load reports its own error
     info = {k: v for k, v in model.info.items() if not k.endswith("_indices")}
     print(f"model {path}: {model.descriptor_dsl.name} x {model.kernel_dsl.name}, {model.n_atoms} atoms, "
           f"{model.R_train.shape[0]} training geometries, {len(model.perms)} permutation(s), "
@@ -188,8 +382,24 @@ def _device_option(p):
                    help="cuda: CUDA kernels on the GPU (falls back to the CPU, saying why, without one)")
 
 
+def _label_options(p):
+    p.add_argument("--labels", default="new", choices=["new", "old"], help="rMD17: new (PBE) or old (MD17) labels")
+    p.add_argument("--energy-key", help="extended XYZ: the info key of the energies "
+                                        "(default: ASE's energy, else REF_energy)")
+    p.add_argument("--forces-key", help="extended XYZ: the per-atom array of the forces "
+                                        "(default: ASE's forces, else REF_forces)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, `gdmlc: error: ...` (argparse exits 2 itself)."""
+
+    def error(self, message):
+        self.exit(2, f"gdmlc: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="gdmlc", description="compiled sGDML-class force fields")
+    parser = _Parser(prog="gdmlc", description="compiled sGDML-class force fields")
+    parser.add_argument("--version", action="version", version=f"gdmlc {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a force field (default: the embedded ethanol data)")
     p.add_argument("data", nargs="?", help="dataset (sGDML/rMD17 npz or extended XYZ); "
@@ -197,15 +407,19 @@ def build_parser():
     p.add_argument("--descriptor", default="inverse_distances", help="library name or FILE.py:func")
     p.add_argument("--kernel", default="matern52", help="library name or FILE.py:func")
     p.add_argument("--n-train", type=int, default=200)
-    p.add_argument("--n-valid", type=int, default=200)
+    p.add_argument("--n-valid", type=int, default=200,
+                   help="validation frames drawn from DATA (or from --valid FILE; 0: all of it)")
     p.add_argument("--n-test", type=int, default=None, help="default: up to 1000 of the remaining frames")
     p.add_argument("--valid", help="separate validation dataset file")
     p.add_argument("--test", help="separate test dataset file")
-    p.add_argument("--sigma", help="one value, a list 10,20,40 or a range 10:90:10 (default: descriptor's grid)")
+    p.add_argument("--sigma", type=parse_sigma,
+                   help="one value, a list 10,20,40 or a range 10:90:10 (default: descriptor's grid)")
+    p.add_argument("--hyper", type=parse_hyper, action="append", metavar="NAME=VALUE",
+                   help="a kernel hyperparameter besides sigma (repeatable)")
     p.add_argument("--lam", type=float, default=1e-10, help="regulariser lambda (default 1e-10)")
     p.add_argument("--no-sym", action="store_true", help="plain GDML: no permutational symmetries")
     p.add_argument("--energy-constraints", action="store_true", help="joint energy+force training (sGDML's E_cstr)")
-    p.add_argument("--labels", default="new", choices=["new", "old"], help="rMD17: new (PBE) or old (MD17) labels")
+    _label_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random split")
     p.add_argument("-o", "--output", default="model.npz")
     _device_option(p)
@@ -213,7 +427,7 @@ def build_parser():
     p = sub.add_parser("test", help="errors of a model on a dataset (frames used in training are skipped)")
     p.add_argument("model")
     p.add_argument("data")
-    p.add_argument("--labels", default="new", choices=["new", "old"])
+    _label_options(p)
     p.add_argument("--n", type=int, help="test on a random subset of this many frames")
     p.add_argument("--plot", help="write a parity plot (PNG; needs matplotlib)")
     _device_option(p)
@@ -232,12 +446,12 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """The gdmlc command; returns the exit code (2: a user's mistake, 1: a bug in gdmlc)."""
     try:
-        return args.func(args)
-    except (DatasetError, ModelFileError, DSLError, CompileError, ValueError, MemoryError) as exc:
-        print(f"gdmlc: {exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else 0
+    return compiler_cli.run(args)
 
 
 if __name__ == "__main__":

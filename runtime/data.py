@@ -31,6 +31,12 @@ _EXPECTED_NPZ_KEYS = (
 )
 _RMD17_THEORY = {"new": "PBE/def2-SVP (rMD17)", "old": "PBE+vdW-TS (MD17, original labels)"}
 _XYZ_SUFFIXES = (".xyz", ".extxyz")
+# extended XYZ label keys tried in order when none is named (ASE's own, then the REF_ convention)
+_XYZ_ENERGY_KEYS = ("energy", "REF_energy")
+_XYZ_FORCES_KEYS = ("forces", "REF_forces")
+
+# the embedded GFN2-xTB ethanol data (`gdmlc train` without a dataset)
+DEFAULT_DATA = Path(__file__).resolve().parent / "default_data" / "ethanol_gfn2xtb_500K.npz"
 
 
 class DatasetError(ValueError):
@@ -41,7 +47,7 @@ class DatasetError(ValueError):
 class Dataset:
     R: np.ndarray  # (M, N, 3) float64 positions
     z: np.ndarray  # (N,) int64 atomic numbers
-    F: np.ndarray  # (M, N, 3) float64 forces (= -dE/dR)
+    F: np.ndarray | None  # (M, N, 3) float64 forces (= -dE/dR); None only if loaded with require_forces=False
     E: np.ndarray | None  # (M,) float64 energies
     name: str
     theory: str
@@ -64,7 +70,8 @@ class Dataset:
         if len(R) == 0:
             raise DatasetError(f"{self.source}: subset selects no frames")
         return dataclasses.replace(
-            self, R=R, z=self.z.copy(), F=self.F[idx], E=None if self.E is None else self.E[idx]
+            self, R=R, z=self.z.copy(), F=None if self.F is None else self.F[idx],
+            E=None if self.E is None else self.E[idx],
         )
 
     def fingerprint(self) -> str:
@@ -74,7 +81,8 @@ class Dataset:
         value does not depend on how the data was loaded or on the platform.
         """
         h = hashlib.sha256()
-        shapes = (self.R.shape, self.z.shape, None if self.E is None else self.E.shape, self.F.shape)
+        shapes = (self.R.shape, self.z.shape, None if self.E is None else self.E.shape,
+                  None if self.F is None else self.F.shape)
         h.update(repr(shapes).encode())  # keeps differently shaped data with equal bytes apart
         for array, dtype in ((self.R, "<f8"), (self.z, "<i8"), (self.E, "<f8"), (self.F, "<f8")):
             if array is not None:
@@ -94,11 +102,12 @@ def validate_arrays(R, F=None, E=None, z=None, where="input") -> None:
     checked_arrays(R, F, E, z, where)
 
 
-def checked_arrays(R, F, E, z, where, keys=None):
+def checked_arrays(R, F, E, z, where, keys=None, require_forces=True):
     """Validate and return (R, F, E, z) as float64/int64 arrays, E flattened.
 
     `keys` maps 'R', 'F', 'E', 'z' to the names the caller's source uses
     (e.g. 'coords'), so that messages name what the user actually wrote.
+    Without `require_forces`, missing forces are returned as None.
     """
     keys = {"R": "R", "F": "F", "E": "E", "z": "z", **(keys or {})}
     R = _float_array(R, where, keys["R"])
@@ -111,16 +120,17 @@ def checked_arrays(R, F, E, z, where, keys=None):
         raise DatasetError(f"{where}: {keys['R']}: expected at least 2 atoms, got shape {R.shape}")
     _check_finite(R, where, keys["R"])
 
-    if F is None:
+    if F is None and require_forces:
         raise DatasetError(
             f"{where}: no forces ({keys['F']} is missing); force labels are required for training"
         )
-    F = _float_array(F, where, keys["F"])
-    if F.shape != R.shape:
-        raise DatasetError(
-            f"{where}: {keys['F']}: expected shape {R.shape} (same as {keys['R']}), got {F.shape}"
-        )
-    _check_finite(F, where, keys["F"])
+    if F is not None:
+        F = _float_array(F, where, keys["F"])
+        if F.shape != R.shape:
+            raise DatasetError(
+                f"{where}: {keys['F']}: expected shape {R.shape} (same as {keys['R']}), got {F.shape}"
+            )
+        _check_finite(F, where, keys["F"])
 
     if E is not None:
         E = _float_array(E, where, keys["E"])
@@ -172,43 +182,108 @@ def _atomic_numbers(z, n_atoms, where, key):
 # --------------------------------------------------------------------------- loading
 
 
-def load_dataset(path, labels: str = "new") -> Dataset:
+def load_dataset(path, labels: str = "new", require_forces: bool = True,
+                 energy_key: str | None = None, forces_key: str | None = None) -> Dataset:
     """Read a dataset file; the format is chosen by extension, then content.
 
     labels: 'new' (default) or 'old'; 'old' selects the original MD17 labels
     of an rMD17 file. Files with a single label set report labels='default'.
+    require_forces=False accepts files without forces (Dataset.F is None).
+    energy_key, forces_key: the extended XYZ keys holding the labels (default:
+    ASE's energy/forces, else REF_energy/REF_forces).
     """
     path = Path(path)
     if labels not in LABEL_SETS:
         raise DatasetError(f"{path}: labels must be one of {LABEL_SETS}, got {labels!r}")
+    if _is_xyz(path):
+        return _load_xyz(path, labels, require_forces, energy_key, forces_key)
+    if energy_key or forces_key:
+        raise DatasetError(f"{path}: energy/forces keys can only be chosen for extended XYZ files")
+    return _load_npz(_read_npz(path), path, labels, require_forces)
+
+
+def load_geometries(path):
+    """(R (M, N, 3), z (N,) or None) from an xyz file or an npz with R/coords (z optional).
+
+    For prediction: labels are not needed, and an npz holding only R gives z None."""
+    path = Path(path)
+    if _is_xyz(path):
+        ds = _load_xyz(path, "new", require_forces=False)
+        return ds.R, ds.z
+    data = _read_npz(path)
+    key = next((k for k in ("R", "coords") if k in data), None)
+    if key is None:
+        raise DatasetError(f"{path}: no geometries: expected a key R (or coords), found {sorted(data)}")
+    z_key = next((k for k in ("z", "nuclear_charges") if k in data), None)
+    R, _, _, z = checked_arrays(data[key], None, None, None if z_key is None else data[z_key], str(path),
+                                {"R": key, "z": z_key or "z"}, require_forces=False)
+    return R, z
+
+
+def check_same_species(z, z_ref, where, ref="the model"):
+    """DatasetError unless the atoms of an input match the reference's in number, species and order."""
+    from ase.data import chemical_symbols
+
+    z, z_ref = np.asarray(z), np.asarray(z_ref)
+    if z.shape != z_ref.shape:
+        raise DatasetError(f"{where}: {len(z)} atoms per geometry, but {ref} has {len(z_ref)}")
+    if not np.array_equal(z, z_ref):
+        atom = int(np.argmax(z != z_ref))
+        raise DatasetError(
+            f"{where}: atom {atom} is {chemical_symbols[int(z[atom])]} in {Path(where).name} but "
+            f"{chemical_symbols[int(z_ref[atom])]} in {ref} (species and atom order must be the training data's)"
+        )
+
+
+def unit_labels(energy_unit, length_unit):
+    """(energy, force) unit texts; 'unknown units' when the file does not say."""
+    if energy_unit == "unknown":
+        return "unknown units", "unknown units"
+    if length_unit == "unknown":
+        return energy_unit, "unknown units"
+    return energy_unit, f"{energy_unit}/{length_unit}"
+
+
+def _is_xyz(path):
+    """True for an extended XYZ file; raises DatasetError for missing or unreadable paths."""
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
+        raise DatasetError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     if path.suffix.lower() in _XYZ_SUFFIXES:
-        return _load_xyz(path, labels)
+        return True
     if path.suffix.lower() == ".npz" or zipfile.is_zipfile(path):  # .npz is a zip archive
-        return _load_npz(path, labels)
+        return False
     raise DatasetError(
         f"{path}: unknown format (extension {path.suffix or 'none'!r}); "
         f"expected an .npz (sGDML or rMD17) or an {'/'.join(_XYZ_SUFFIXES)} file"
     )
 
 
-def _load_npz(path, labels):
+def _read_npz(path):
+    """Every array of an npz file, refusing pickled objects and files that are not npz archives."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DatasetError(f"{path}: empty file (0 bytes); expected an .npz archive")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not an .npz file (not a zip archive, {size} bytes)")
     try:
         with np.load(path, allow_pickle=False) as npz:  # never unpickle files we are handed
-            data = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{path}: cannot read as .npz: {exc}") from exc
+
+
+def _load_npz(data, path, labels, require_forces):
     if _RMD17_KEYS <= data.keys():
-        return _from_rmd17(data, path, labels)
+        return _from_rmd17(data, path, labels, require_forces)
     if _SGDML_KEYS <= data.keys():
-        return _from_sgdml(data, path, labels)
+        return _from_sgdml(data, path, labels, require_forces)
     raise DatasetError(f"{path}: unrecognised .npz keys {sorted(data)}; expected {_EXPECTED_NPZ_KEYS}")
 
 
-def _from_sgdml(data, path, labels):
+def _from_sgdml(data, path, labels, require_forces):
     _reject_old_labels(labels, path, f"keys {sorted(data)}")
-    R, F, E, z = checked_arrays(data["R"], data.get("F"), data.get("E"), data["z"], str(path))
+    R, F, E, z = checked_arrays(data["R"], data.get("F"), data.get("E"), data["z"], str(path),
+                                require_forces=require_forces)
     return Dataset(
         R=R, z=z, F=F, E=E,
         name=_text(data, "name", path.stem),
@@ -220,13 +295,14 @@ def _from_sgdml(data, path, labels):
     )
 
 
-def _from_rmd17(data, path, labels):
+def _from_rmd17(data, path, labels, require_forces):
     prefix = "old_" if labels == "old" else ""
     if labels == "old" and not {"old_energies", "old_forces"} & data.keys():
         _reject_old_labels(labels, path, f"keys {sorted(data)}")
     keys = {"R": "coords", "F": prefix + "forces", "E": prefix + "energies", "z": "nuclear_charges"}
     R, F, E, z = checked_arrays(
-        data["coords"], data.get(keys["F"]), data.get(keys["E"]), data["nuclear_charges"], str(path), keys
+        data["coords"], data.get(keys["F"]), data.get(keys["E"]), data["nuclear_charges"], str(path), keys,
+        require_forces=require_forces,
     )
     return Dataset(
         R=R, z=z, F=F, E=E,
@@ -258,10 +334,12 @@ def _reject_old_labels(labels, path, contents):
         raise DatasetError(f"{path}: labels='old' needs old_energies/old_forces, but the file has {contents}")
 
 
-def _load_xyz(path, labels):
+def _load_xyz(path, labels, require_forces=True, energy_key=None, forces_key=None):
     import ase.io  # ase is only needed for this format
 
     _reject_old_labels(labels, path, "extended XYZ frames")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: empty file (0 bytes); expected extended XYZ frames")
     try:
         frames = ase.io.read(path, index=":")
     except Exception as exc:  # ase's parsers raise many unrelated types on bad input
@@ -270,10 +348,10 @@ def _load_xyz(path, labels):
         raise DatasetError(f"{path}: no frames")
     z = _common_species([atoms.numbers for atoms in frames], path)
     R = np.stack([atoms.positions for atoms in frames])
-    F = _per_frame([_frame_forces(atoms) for atoms in frames], "forces", path)
-    E = _per_frame([_frame_energy(atoms) for atoms in frames], "energy", path)
-    keys = {"R": "positions", "F": "forces", "E": "energy", "z": "numbers"}
-    R, F, E, z = checked_arrays(R, F, E, z, str(path), keys)
+    f_key, F = _xyz_labels(frames, forces_key, _XYZ_FORCES_KEYS, _frame_forces, path)
+    e_key, E = _xyz_labels(frames, energy_key, _XYZ_ENERGY_KEYS, _frame_energy, path)
+    keys = {"R": "positions", "F": f_key, "E": e_key, "z": "numbers"}
+    R, F, E, z = checked_arrays(R, F, E, z, str(path), keys, require_forces=require_forces)
     return Dataset(
         R=R, z=z, F=F, E=E,
         name=path.stem,
@@ -303,22 +381,33 @@ def _common_species(numbers, path):
     return first
 
 
-def _frame_forces(atoms):
-    if atoms.calc is not None:
+def _xyz_labels(frames, key, default_keys, read, path):
+    """(key, stacked labels or None): the named key, else the first default key any frame has."""
+    for candidate in [key] if key else default_keys:
+        values = _per_frame([read(atoms, candidate) for atoms in frames], candidate, path)
+        if values is not None:
+            return candidate, values
+    if key:
+        raise DatasetError(f"{path}: no frame has the key {key!r}")
+    return default_keys[0], None
+
+
+def _frame_forces(atoms, key):
+    if key == "forces" and atoms.calc is not None:
         try:
             return atoms.get_forces(apply_constraint=False)  # the labels, not constrained forces
         except RuntimeError:  # includes PropertyNotImplementedError: no forces stored
             pass
-    return atoms.arrays.get("forces")
+    return atoms.arrays.get(key)
 
 
-def _frame_energy(atoms):
-    if atoms.calc is None:
-        return None
-    try:
-        return atoms.get_potential_energy()
-    except RuntimeError:
-        return None
+def _frame_energy(atoms, key):
+    if key == "energy" and atoms.calc is not None:
+        try:
+            return atoms.get_potential_energy()
+        except RuntimeError:
+            pass
+    return atoms.info.get(key)  # checked_arrays refuses values that are not numbers
 
 
 def _per_frame(values, what, path):

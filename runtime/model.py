@@ -16,9 +16,26 @@ from compiler.library import resolve
 from . import data, symmetry
 from .assembly import assemble, check_memory
 from .progress import Progress
-from .solver import NotPositiveDefiniteError, cholesky_solve_inplace
+from .solver import NonFiniteMatrixError, NotPositiveDefiniteError, check_finite_solution, cholesky_solve_inplace
 
 MAX_JITTER_STEPS = 3  # lam grows 10x per retry before training gives up
+
+
+class TrainingError(ValueError):
+    """Training cannot give a finite model; the message says for which sigma/lambda and why."""
+
+
+class NonFiniteResultError(ValueError):
+    """A prediction or an error table came out NaN or inf."""
+
+
+def rms(x) -> float:
+    """Root mean square without overflow: forces of 1e154 would overflow their squares."""
+    x = np.asarray(x, dtype=np.float64)
+    scale = float(np.max(np.abs(x))) if x.size else 0.0
+    if scale == 0.0 or not np.isfinite(scale):
+        return scale
+    return scale * float(np.sqrt(np.mean((x / scale) ** 2)))
 
 
 def error_table(E_pred, F_pred, E_ref, F_ref) -> dict:
@@ -26,11 +43,11 @@ def error_table(E_pred, F_pred, E_ref, F_ref) -> dict:
     out = {}
     dF = np.asarray(F_pred) - np.asarray(F_ref)
     out["force_mae"] = float(np.mean(np.abs(dF)))
-    out["force_rmse"] = float(np.sqrt(np.mean(dF ** 2)))
+    out["force_rmse"] = rms(dF)
     if E_ref is not None and E_pred is not None:
         dE = np.asarray(E_pred) - np.asarray(E_ref)
         out["energy_mae"] = float(np.mean(np.abs(dE)))
-        out["energy_rmse"] = float(np.sqrt(np.mean(dE ** 2)))
+        out["energy_rmse"] = rms(dE)
     return out
 
 
@@ -46,10 +63,9 @@ class GDML:
     """
 
     def __init__(self, descriptor="inverse_distances", kernel="matern52", sigma=None, lam=1e-10,
-                 symmetries="auto", progress=True, energy_constraints=False, device="cpu"):
+                 symmetries="auto", progress=True, energy_constraints=False, device="cpu", hyper=None):
         self.descriptor_dsl = resolve(descriptor, "descriptor")
         self.kernel_dsl = resolve(kernel, "kernel")
-        self.sigma_grid = self._grid(sigma)
         self.lam = float(lam)
         if not (self.lam >= 0 and np.isfinite(self.lam)):
             raise ValueError(f"lam must be a finite non-negative number, got {lam}")
@@ -58,6 +74,8 @@ class GDML:
         self.energy_constraints = bool(energy_constraints)
         self.energy_weights = None  # per training geometry, joint energy+force models only
         self.model = compile_model(self.descriptor_dsl, self.kernel_dsl)
+        self.sigma_grid = self._grid(sigma)
+        self.hyper_values = self._checked_hyper(hyper)
         self.info: dict = {}
         self._trained = False
         self.set_device(device)
@@ -72,6 +90,10 @@ class GDML:
         return self
 
     def _grid(self, sigma):
+        if self.model.kernel.sigma_name is None:  # a kernel without hyperparameters: no sweep
+            if np.size(sigma) > 1:
+                raise ValueError(f"kernel {self.kernel_dsl.name} has no hyperparameters: there is no sigma to choose")
+            return [1.0]  # a placeholder the kernel never reads
         if sigma is None:
             grid = self.descriptor_dsl.default_sigmas or (10, 20, 40, 80)
         else:
@@ -80,28 +102,68 @@ class GDML:
             raise ValueError(f"sigma must be positive finite number(s), got {sigma}")
         return [float(s) for s in grid]
 
+    def _checked_hyper(self, hyper):
+        """hyper= values for the kernel's hyperparameters besides sigma, checked by name and value."""
+        values = dict(hyper or {})
+        if self.model.kernel.sigma_name in values:
+            raise ValueError(f"hyperparameter {self.model.kernel.sigma_name!r} is the kernel's length scale: "
+                             "set it with sigma=, not hyper=")
+        self.model.kernel.hyper(**values, **self._sigma_value(self.sigma_grid[0]))
+        return values
+
+    def _sigma_value(self, sigma):
+        name = self.model.kernel.sigma_name
+        return {} if name is None else {name: sigma}
+
+    def _kernel_hyper(self, sigma):
+        """The compiled kernel's hyperparameter array: sigma and the values of hyper=."""
+        return self.model.kernel.hyper(**self.hyper_values, **self._sigma_value(sigma))
+
     # ------------------------------------------------------------------ training
     def fit(self, R, F, E=None, z=None, valid=None):
         """Train on geometries R (M, N, 3), forces F, optional energies E.
 
         ``valid``: (R, F, E) used to choose sigma when several are given.
+        Every array is validated before any work starts.  A sigma whose matrix, solution or
+        validation error is not finite is skipped (noted in ``info["sigma_sweep"]``);
+        TrainingError if none is finite.  A failed fit leaves the model untrained.
         Returns the model itself.
         """
+        R, F, E, z, valid = self._checked_inputs(R, F, E, z, valid)
+        try:
+            self._fit(R, F, E, z, valid)
+        except BaseException:
+            self._trained = False  # nothing half-trained can be saved or used
+            raise
+        return self
+
+    def _checked_inputs(self, R, F, E, z, valid):
+        """Training and validation arrays, each validated once, before any assembly."""
         if z is None:
             raise ValueError("z (atomic numbers, shape (n_atoms,)) is required for training")
         R, F, E, z = data.checked_arrays(R, F, E, z, "training data")
         checks.geometries(R, "training geometries")
-        m, n, _ = R.shape
         if self.energy_constraints and E is None:
             raise ValueError("energy_constraints=True needs training energies E")
         if len(self.sigma_grid) > 1 and valid is None:
             raise ValueError(f"choosing sigma from {len(self.sigma_grid)} values needs a validation set "
                              "(valid=(R, F, E)); or pass one sigma")
+        if valid is None:
+            return R, F, E, z, None
+        if not isinstance(valid, (tuple, list)) or len(valid) not in (2, 3):
+            raise ValueError("valid must be a tuple (R, F) or (R, F, E)")
+        Rv, Fv, Ev = (*valid, None)[:3]
+        Rv, Fv, Ev, _ = data.checked_arrays(Rv, Fv, Ev, None, "validation data")
+        checks.geometries(Rv, "validation geometries", n_atoms=R.shape[1])
+        return R, F, E, z, (Rv, Fv, Ev)
+
+    def _fit(self, R, F, E, z, valid):
+        m, n, _ = R.shape
         self.z, self.R_train, self.n_atoms = z, R, n
         self.perms = self._permutations(R, z)
         fperms = self.model.feature_permutations(self.perms, n)
-        D, JAC, _ = self.model.descriptor.evaluate(R, z)
-        self.label_scale = float(np.std(F)) or 1.0
+        D, JAC, _ = self.model.descriptor.evaluate(R, z, validated=True)
+        self.label_scale = rms(F - np.mean(F)) or 1.0  # np.std(F), without overflow
         y = F.ravel()
         if self.energy_constraints:
             # energy labels centred on their mean, which becomes the model's constant
@@ -112,13 +174,12 @@ class GDML:
         K = np.empty((len(y), len(y)))  # reused for every sigma: one matrix in memory
         sweep, best = [], None
         for sigma in self.sigma_grid:
-            alpha, lam = self._solve(K, D, JAC, fperms, sigma, y)
-            self._set_coefficients(D, JAC, fperms, alpha, sigma, lam)
-            self._fit_energy_constant(R, E)
-            result = {"sigma": sigma, "lam": lam}
-            if valid is not None:
-                result.update(self.evaluate(*valid[:2], valid[2] if len(valid) > 2 else None))
-                self._report(f"sigma {sigma:g}: validation force MAE {result['force_mae']:.4g}")
+            try:
+                result, alpha = self._candidate(K, D, JAC, fperms, sigma, y, R, E, valid)
+            except (NonFiniteMatrixError, NonFiniteResultError) as exc:
+                self._report(f"sigma {sigma:g} skipped: {exc}")
+                sweep.append({"sigma": sigma, "skipped": f"sigma {sigma:g}: {exc}"})
+                continue
             sweep.append(result)
             if best is None or (valid is not None and result["force_mae"] < best[0]["force_mae"]):
                 best = (result, alpha)
@@ -127,6 +188,10 @@ class GDML:
         del K
         if self._cuda is not None:
             self._cuda.release()  # the device training matrix
+        if best is None:
+            tried = ", ".join(f"{r['sigma']:g}" for r in sweep)
+            raise TrainingError(f"no sigma gives a finite model (tried {tried}): " +
+                                "; ".join(r["skipped"] for r in sweep))
         result, alpha = best
         self._set_coefficients(D, JAC, fperms, alpha, result["sigma"], result["lam"])
         self._fit_energy_constant(R, E)
@@ -135,7 +200,18 @@ class GDML:
                           "energy_constraints": self.energy_constraints})
         if valid is not None:
             self.info["validation"] = {k: v for k, v in result.items() if k not in ("sigma", "lam")}
-        return self
+
+    def _candidate(self, K, D, JAC, fperms, sigma, y, R, E, valid):
+        """Train with one sigma: ({sigma, lam, validation errors}, alpha); NonFinite*Error if the
+        matrix, the solution, a prediction or the validation error is not finite."""
+        alpha, lam = self._solve(K, D, JAC, fperms, sigma, y)
+        self._set_coefficients(D, JAC, fperms, alpha, sigma, lam)
+        self._fit_energy_constant(R, E)
+        result = {"sigma": sigma, "lam": lam}
+        if valid is not None:
+            result.update(self._evaluate_checked(*valid))
+            self._report(f"sigma {sigma:g}: validation force MAE {result['force_mae']:.4g}")
+        return result, alpha
 
     def _report(self, text):
         if self.progress:
@@ -153,7 +229,7 @@ class GDML:
         return symmetry.validate_permutations(self.symmetries, z)
 
     def _solve(self, K, D, JAC, fperms, sigma, y):
-        hyper = self.model.kernel.hyper(sigma=sigma)
+        hyper = self._kernel_hyper(sigma)
         lam = self.lam
         for attempt in range(MAX_JITTER_STEPS + 1):
             if self._cuda is None:  # the CUDA backend assembles on the device inside solve()
@@ -161,8 +237,16 @@ class GDML:
                          energy_rows=self.energy_constraints)
             try:
                 if self._cuda is not None:
-                    return self._cuda.solve(D, JAC, fperms, hyper, self.n_atoms, y, lam, K, self.progress), lam
-                return cholesky_solve_inplace(K, y, lam, progress=self.progress), lam
+                    alpha = self._cuda.solve(D, JAC, fperms, hyper, self.n_atoms, y, lam, K, self.progress)
+                else:
+                    alpha = cholesky_solve_inplace(K, y, lam, progress=self.progress)
+                check_finite_solution(alpha)  # the CUDA solver does not check
+                return alpha, lam
+            except NonFiniteMatrixError as exc:
+                # no retry: a larger lambda cannot make NaN finite
+                raise NonFiniteMatrixError(
+                    f"{exc}{self._matrix_entry(exc.row, exc.column, D.shape[0])} with lambda {lam:g}; "
+                    "the kernel may be 0/0 or overflow at this sigma (e.g. at d = d')") from None
             except NotPositiveDefiniteError as exc:
                 if attempt == MAX_JITTER_STEPS:
                     raise NotPositiveDefiniteError(
@@ -170,6 +254,19 @@ class GDML:
                         "geometries or try a larger sigma") from None
                 lam = max(lam * 10, 1e-10)
                 self._report(f"matrix not positive definite: retrying with lambda = {lam:g}")
+
+    def _matrix_entry(self, row, column, m):
+        """' (training frame 3, atom 1 y with training frame 3, energy)' for a matrix entry, '' if None."""
+        if row is None:
+            return ""
+        n3 = 3 * self.n_atoms
+
+        def describe(index):
+            if index >= n3 * m:
+                return f"training frame {index - n3 * m}, energy"
+            frame, rest = divmod(index, n3)
+            return f"training frame {frame}, atom {rest // 3} {'xyz'[rest % 3]}"
+        return f" ({describe(row)} with {describe(column)})"
 
     def _set_coefficients(self, D, JAC, fperms, alpha, sigma, lam):
         m, n = D.shape[0], self.n_atoms
@@ -189,7 +286,7 @@ class GDML:
         # the symmetric kernel sums over permuted copies: each copy carries its geometry's weight
         self._WT = (None if self.energy_weights is None
                     else np.repeat(np.asarray(self.energy_weights, np.float64), len(fperms)))
-        self._hyper = self.model.kernel.hyper(sigma=self.sigma)
+        self._hyper = self._kernel_hyper(self.sigma)
         self._trained = True
 
     def _fit_energy_constant(self, R, E):
@@ -200,7 +297,7 @@ class GDML:
         if self.energy_constraints:
             self.energy_constant = float(np.mean(E))  # the energy labels were centred on it
             return
-        E_pred, _ = self.predict(R, progress=False)
+        E_pred, _ = self._predict_checked(R)
         self.energy_constant = float(np.mean(E - E_pred))
 
     # ------------------------------------------------------------------ prediction
@@ -211,6 +308,11 @@ class GDML:
         if not self._trained:
             raise RuntimeError("the model is not trained: call fit() or GDML.load()")
         R3, single = checks.geometries(R, "R", n_atoms=self.n_atoms)
+        E, F = self._predict_checked(R3, batch, progress)
+        return (E[0], F[0]) if single else (E, F)
+
+    def _predict_checked(self, R3, batch=2000, progress=False):
+        """predict() for (M, N, 3) geometries already validated (training, validation data)."""
         E = np.empty(len(R3))
         F = np.empty(R3.shape)
         show = (self.progress if progress is None else progress) and len(R3) > batch
@@ -222,7 +324,7 @@ class GDML:
                     E[chunk], F[chunk] = e, f
                     bar.update(len(e))
                     continue
-                D, JAC, _ = self.model.descriptor.evaluate(R3[chunk], self.z)
+                D, JAC, _ = self.model.descriptor.evaluate(R3[chunk], self.z, validated=True)
                 e, f = self.model.predict_parts(D, JAC, self._DT, self._BT, self._hyper, self.n_atoms,
                                                 side=self._side)
                 if self._WT is not None:
@@ -233,19 +335,42 @@ class GDML:
         F *= self.label_scale
         if self.energy_constant is not None:
             E += self.energy_constant
-        return (E[0], F[0]) if single else (E, F)
+        _check_finite_prediction(E, F)
+        return E, F
 
     def evaluate(self, R, F, E=None):
         """Error table against reference forces (and energies)."""
-        E_pred, F_pred = self.predict(R, progress=False)
+        if not self._trained:
+            raise RuntimeError("the model is not trained: call fit() or GDML.load()")
+        R, F, E, _ = data.checked_arrays(R, F, E, None, "reference data")
+        checks.geometries(R, "reference geometries", n_atoms=self.n_atoms)
+        return self._evaluate_checked(R, F, E)
+
+    def _evaluate_checked(self, R, F, E):
+        E_pred, F_pred = self._predict_checked(R)
         if self.energy_constant is None:
             E = None
-        return error_table(E_pred, F_pred, E, F)
+        errors = error_table(E_pred, F_pred, E, F)
+        bad = [name for name, value in errors.items() if not np.isfinite(value)]
+        if bad:
+            raise NonFiniteResultError(f"the error ({', '.join(bad)}) is not finite")
+        return errors
 
     # ------------------------------------------------------------------ files
     def save(self, path):
         from .model_file import save_model
+        if self._trained:
+            self._check_finite_coefficients()
         save_model(self, path)
+
+    def _check_finite_coefficients(self):
+        """Refuse to write a model that could only predict NaN or inf."""
+        values = {"alpha": self.alpha, "coefficients": self.B_train, "training descriptors": self.D_train,
+                  "energy weights": self.energy_weights, "label scale": self.label_scale,
+                  "energy constant": self.energy_constant, "sigma": self.sigma}
+        bad = [name for name, v in values.items() if v is not None and not np.all(np.isfinite(v))]
+        if bad:
+            raise TrainingError(f"refusing to save a model whose {', '.join(bad)} are not finite")
 
     @classmethod
     def load(cls, path):
@@ -253,7 +378,17 @@ class GDML:
         return load_model(cls, path)
 
 
+def _check_finite_prediction(E, F):
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(E.sum() + F.sum()):
+            return  # the common case, in one cheap pass (one geometry's prediction is ~0.1 ms)
+    bad = ~np.isfinite(E) | ~np.isfinite(F).all(axis=(1, 2))
+    if bad.any():
+        raise NonFiniteResultError(f"the prediction is not finite for frame {int(np.argmax(bad))} "
+                                   f"({int(bad.sum())} of {len(E)} frames)")
+
+
 def _rising(sweep, patience=2):
-    """True once the validation error has risen ``patience`` times in a row."""
-    errors = [r["force_mae"] for r in sweep]
+    """True once the validation error has risen ``patience`` times in a row (skipped sigmas aside)."""
+    errors = [r["force_mae"] for r in sweep if "force_mae" in r]
     return len(errors) > patience and all(errors[-k] > errors[-k - 1] for k in range(1, patience + 1))

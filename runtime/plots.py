@@ -1,22 +1,35 @@
 """Parity plot and force-error distribution (matplotlib, an optional extra)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from compiler.atomic_io import atomic_writer
 
-def parity_plot(path, E_pred, F_pred, ds, title=""):
+from .data import unit_labels
+
+
+def pyplot():
+    """matplotlib.pyplot without a display; ImportError saying how to install it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("gdmlc: --plot needs matplotlib: pip install -e .[plot]") from None
+        raise ImportError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+    return plt
+
+
+def parity_plot(path, E_pred, F_pred, ds, title=""):
+    """Parity panels and a force-error histogram, written atomically (format from the suffix, else PNG)."""
+    plt = pyplot()
     panels = 3 if ds.E is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4))
-    f_unit = f"{ds.energy_unit}/{ds.length_unit}"
+    e_unit, f_unit = unit_labels(ds.energy_unit, ds.length_unit)
     k = 0
     if ds.E is not None:
-        _parity(axes[0], ds.E, E_pred, f"energy ({ds.energy_unit})")
+        _parity(axes[0], ds.E, E_pred, f"energy ({e_unit})")
         k = 1
     _parity(axes[k], ds.F.ravel(), np.ravel(F_pred), f"force components ({f_unit})")
     err = np.abs(np.ravel(F_pred) - ds.F.ravel())
@@ -26,8 +39,11 @@ def parity_plot(path, E_pred, F_pred, ds, title=""):
     axes[k + 1].set_title(f"MAE {err.mean():.3f}")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_writer(path) as fh:
+            fig.savefig(fh, dpi=120, format=Path(path).suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
 
 
 def _parity(ax, ref, pred, label):

@@ -7,9 +7,11 @@ Two tools:
       assembly  [#######.......]  53% 530/1000  3.2 s  eta 2.8 s
 
   On a terminal (``stream.isatty()``) the line is redrawn in place with carriage returns (at most
-  ten redraws a second).  On anything else (CI logs, files, pipes) it prints separate lines, only
-  when another tenth of the work is done and once at the end: eleven lines at most, whatever the
-  total.  ``enabled=False`` prints nothing.
+  ten redraws a second).  On anything else (CI logs, files, pipes) it prints one line at the end of
+  each stage, and for a stage that runs longer than a minute one line a minute before that (a
+  log of a long solve still shows it moving).
+  ``enabled=False`` prints nothing.  The ETA is extrapolated from the work after the first update,
+  so a first unit that includes compilation (Numba's JIT) does not inflate it.
 
 * ``step(label)`` -- a context manager for an operation without intermediate progress; it prints
   ``label ... done in 1.23 s`` when the block ends (``... failed after 1.23 s`` if it raised).
@@ -29,6 +31,7 @@ __all__ = ["Progress", "step"]
 
 _BAR_WIDTH = 14
 _TTY_MIN_INTERVAL = 0.1  # seconds between two redraws on a terminal
+_FILE_MIN_INTERVAL = 60.0  # seconds between two lines in a log file
 
 
 def _is_tty(stream) -> bool:
@@ -61,8 +64,8 @@ class Progress:
         self.closed = False
         self._t0 = time.perf_counter()
         self._last_draw = -1.0
-        self._last_decile = 0
         self._width = 0
+        self._first = None  # (time, done) at the first update: the rate is measured from there
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> "Progress":
@@ -75,20 +78,20 @@ class Progress:
     def update(self, n: int = 1) -> None:
         """Record ``n`` more units of finished work."""
         self.done += int(n)
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (now, self.done)
         if not self.enabled or self.closed:
             return
         if self.total and self.done >= self.total:
             return  # the final line is written by close()
-        now = time.perf_counter()
         if self.tty:
             if now - self._last_draw >= _TTY_MIN_INTERVAL:
                 self._last_draw = now
                 self._write_tty(self._line(now))
-        elif self.total:
-            decile = min(10 * self.done // self.total, 9)
-            if decile > self._last_decile:
-                self._last_decile = decile
-                self._write(self._line(now) + "\n")
+        elif now - max(self._last_draw, self._t0) >= _FILE_MIN_INTERVAL:
+            self._last_draw = now
+            self._write(self._line(now) + "\n")
 
     def close(self) -> None:
         """Write the final line (idempotent)."""
@@ -114,9 +117,19 @@ class Progress:
         bar = "#" * filled + "." * (_BAR_WIDTH - filled)
         text = (f"{self.label}  [{bar}] {int(100 * frac):3d}% {self.done}/{self.total}"
                 f"  {_seconds(elapsed)}")
-        if not final and 0 < self.done < self.total:
-            text += f"  eta {_seconds(elapsed * (self.total - self.done) / self.done)}"
+        eta = None if final else self._eta(now)
+        if eta is not None:
+            text += f"  eta {_seconds(eta)}"
         return text
+
+    def _eta(self, now):
+        """Seconds left at the rate since the first update (None until there is such a rate)."""
+        if self._first is None or not 0 < self.done < self.total:
+            return None
+        t_first, done_first = self._first
+        if self.done <= done_first or now <= t_first:
+            return None
+        return (now - t_first) * (self.total - self.done) / (self.done - done_first)
 
     def _write_tty(self, line: str) -> None:
         pad = " " * max(self._width - len(line), 0)

@@ -81,11 +81,18 @@ def test_machine_description_has_versions_and_date():
     assert info["date_utc"].endswith("+00:00")
 
 
-def test_assembly_profile_smoke():
-    """benchmarks/assembly_profile.py on a tiny ethanol set (rMD17 if present, else the embedded
-    data): every phase measured, and the blocks of one row cost less than the whole assembly."""
+@pytest.mark.parametrize("data", ["embedded", pytest.param("rmd17", marks=pytest.mark.shared_data)])
+def test_assembly_profile_smoke(data, monkeypatch, tmp_path):
+    """benchmarks/assembly_profile.py on a tiny ethanol set (the embedded data, as in a fresh clone,
+    and rMD17 when ../shared is there): every phase measured, and the blocks of one row cost less
+    than the whole assembly.  Labels 'new': the embedded data has one label set."""
     from benchmarks import assembly_profile
-    res = assembly_profile.profile("ethanol", m=6, repeats=1)
+    from conftest import RMD17_DIR
+    if data == "embedded":
+        monkeypatch.setattr(assembly_profile, "DEFAULT_DATA_DIR", tmp_path / "no_rmd17_here")
+    elif not (RMD17_DIR / "rmd17_ethanol_train_01.npz").is_file():
+        pytest.skip(f"rMD17 data not found at {RMD17_DIR} (../shared absent)")
+    res = assembly_profile.profile("ethanol", m=6, repeats=1, labels="new")
     med = res["medians"]
     assert res["n_perms"] >= 1 and res["blocks"] == 21
     assert all(med[key] > 0 for key in ("cold_s", "warm_s", "touch_s", "block_us"))

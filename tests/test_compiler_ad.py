@@ -10,7 +10,7 @@ import pytest
 import compiler
 from compiler import ad, ir
 from compiler.library import resolve
-from compiler.parser import POSITION_VARS, parse_descriptor, parse_kernel
+from compiler.parser import POSITION_VARS, parse_descriptor, parse_kernel, user_var
 
 jax.config.update("jax_enable_x64", True)
 
@@ -26,8 +26,14 @@ def close(value, reference, tol=TOL):
     return float(np.abs(value - reference).max()) <= tol * float(np.abs(reference).max())
 
 
+def irname(name):
+    """The IR variable of a DSL name: s, t, positions and zi/zj as they are; parameters and
+    hyperparameters prefixed."""
+    return name if name in ("s", "t", "zi", "zj", *POSITION_VARS) else user_var(name)
+
+
 def evaluate(expr, **env):
-    (value,) = ir.evaluate([expr], env)
+    (value,) = ir.evaluate([expr], {irname(k): v for k, v in env.items()})
     return np.asarray(value, dtype=float)
 
 
@@ -49,7 +55,7 @@ def matern52_ir():
     from descriptors.matern52 import matern52
     kir = parse_kernel(matern52)
     assert kir.hyper_names == ("sigma",)
-    assert ir.free_variables([kir.body]) == {"s", "sigma"}
+    assert ir.free_variables([kir.body]) == {"s", irname("sigma")}
     return kir
 
 
@@ -70,7 +76,7 @@ def test_matern52_all_orders_and_sigma(matern52_ir):
         expr = ad.derivative(matern52_ir.body, ["s"] * order)
         assert close(evaluate(expr, s=0.7, sigma=1.3), nth_grad(matern52_g, order)(0.7, 1.3))
     for variables in (["s", "sigma"], ["sigma", "s", "s"], ["s", "sigma", "sigma", "s"]):
-        expr = ad.derivative(matern52_ir.body, variables)
+        expr = ad.derivative(matern52_ir.body, [irname(v) for v in variables])
         f = matern52_g
         for v in variables:
             f = jax.grad(f, argnums=0 if v == "s" else 1)
@@ -89,7 +95,7 @@ def test_polynomial_fourth_derivative_in_t():
         closed = p * (p - 1) * (p - 2) * (p - 3) * (1.0 + 0.9 / 1.3 ** 2) ** (p - 4) / 1.3 ** 8
         assert close(evaluate(expr, degree=p, **env), closed)
         assert evaluate(expr, degree=2.0, **env) == 0.0  # a quadratic has no 4th derivative
-        assert ir.free_variables([expr]) <= {"t", "sigma", "c", "degree"}
+        assert ir.free_variables([expr]) <= {irname(v) for v in ("t", "sigma", "c", "degree")}
     # s does not occur: every derivative in s is structurally zero
     assert ad.derivative(kir.body, ["s", "t"]) is ir.ZERO
     assert ad.derivative(kir.body, ["t", "s"], ["forward", "forward"]) is ir.ZERO
@@ -103,14 +109,14 @@ def mixed_st_g(s, t, sigma, c=0.5):
 def test_mixed_fourth_derivative_of_a_dsl_kernel(dsl_samples, variables):
     dsl = resolve(f"{dsl_samples / 'ad_kernels.py'}:mixed_st", "kernel")
     kir = parse_kernel(dsl)
-    assert ir.free_variables([kir.body]) == {"s", "t", "sigma", "c"}
+    assert ir.free_variables([kir.body]) == {irname(v) for v in ("s", "t", "sigma", "c")}
     f = mixed_st_g
     for v in variables:
         f = jax.grad(f, argnums="st".index(v) if v in "st" else 2)
     point = dict(s=0.6, t=1.7, sigma=1.1, c=0.5)
     ref = f(point["s"], point["t"], point["sigma"], point["c"])
     for modes in itertools.product(["forward", "reverse"], repeat=4):
-        expr = ad.derivative(kir.body, variables, list(modes))
+        expr = ad.derivative(kir.body, [irname(v) for v in variables], list(modes))
         assert close(evaluate(expr, **point), ref), modes
 
 

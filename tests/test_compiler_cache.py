@@ -147,3 +147,44 @@ def test_module_level_constant_change_rebuilds(tmp_path, gen_dir):
     changed = compiler.compile_descriptor(f"{dsl}:scaled_inverse")
     assert changed.module_path != first.module_path
     assert np.allclose(changed.values(R), expected_values(3.25), rtol=1e-14)
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut in half", "no metadata"])
+def test_damaged_generated_module_is_rebuilt(tmp_path, gen_dir, damage):
+    dsl = tmp_path / "damaged_dsl.py"
+    write_dsl(dsl, 1.25)
+    first = compiler.compile_descriptor(f"{dsl}:scaled_inverse")
+    text = first.module_path.read_text()
+    first.module_path.write_text({"empty": "", "cut in half": text[: len(text) // 2],
+                                  "no metadata": text.replace("METADATA = ", "_METADATA = ")}[damage])
+    out = result(run_subprocess(dsl, gen_dir, "call"))  # a new process finds the damaged file
+    assert out["built_now"] is True and out["path"] == str(first.module_path)
+    assert first.module_path.read_text() == text
+    assert np.allclose(out["values"], expected_values(1.25), rtol=1e-14)
+
+
+def test_generated_modules_are_0644(tmp_path, gen_dir):
+    dsl = tmp_path / "mode_dsl.py"
+    write_dsl(dsl, 0.5)
+    module = compiler.compile_descriptor(f"{dsl}:scaled_inverse")
+    assert module.module_path.stat().st_mode & 0o777 == 0o644
+
+
+def test_unusable_generated_dir_falls_back_to_the_user_cache(tmp_path, monkeypatch, capsys):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv(cache.ENV_VAR, str(not_a_folder))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.generated_dir() == tmp_path / "xdg" / "gdmlc" / "generated"
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and cache.ENV_VAR in warning[0] and str(not_a_folder) in warning[0]
+
+
+def test_no_usable_generated_dir_is_a_clear_error(tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv(cache.ENV_VAR, str(not_a_folder))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder))
+    with pytest.raises(compiler.errors.CompileError,
+                       match=f"no writable folder for generated modules: {cache.ENV_VAR}={not_a_folder}"):
+        cache.generated_dir()

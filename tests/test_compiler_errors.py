@@ -33,8 +33,6 @@ DESCRIPTOR_CASES = {
 }
 KERNEL_CASES = {
     "norm_of_d": "unsupported reduction norm(d)",
-    "hyper_named_s": "hyperparameter name 's' is reserved",
-    "hyper_named_t": "hyperparameter name 't' is reserved",
     "vector_arithmetic": "descriptor vectors may only be combined as d - dp",
     "self_dot": "unsupported reduction dot(d, d)",
 }

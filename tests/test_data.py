@@ -10,7 +10,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from runtime.data import (
     DatasetError,
     check_force_energy_consistency,
+    check_same_species,
     load_dataset,
+    load_geometries,
+    unit_labels,
     validate_arrays,
 )
 
@@ -147,6 +150,91 @@ def test_extxyz_without_energy(tmp_path):
     path = tmp_path / "water.xyz"
     _write_xyz(path, [Z] * M, energy=False)
     assert load_dataset(path).E is None
+
+
+def _write_ref_xyz(path, energy_key="REF_energy", forces_key="REF_forces"):
+    R, F, E = _arrays(4)
+    frames = []
+    for k in range(M):
+        atoms = Atoms(numbers=Z, positions=R[k])
+        atoms.info[energy_key] = E[k]
+        atoms.arrays[forces_key] = F[k]
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+    return R, F, E
+
+
+def test_extxyz_ref_keys_are_recognised(tmp_path):
+    path = tmp_path / "ref.xyz"
+    R, F, E = _write_ref_xyz(path)
+    ds = load_dataset(path)
+    np.testing.assert_allclose(ds.F, F, atol=1e-6)
+    np.testing.assert_allclose(ds.E, E, atol=1e-6)
+
+
+def test_extxyz_keys_can_be_chosen(tmp_path):
+    path = tmp_path / "dft.xyz"
+    R, F, E = _write_ref_xyz(path, "dft_energy", "dft_forces")
+    assert "no forces" in _error(path)
+    ds = load_dataset(path, energy_key="dft_energy", forces_key="dft_forces")
+    np.testing.assert_allclose(ds.F, F, atol=1e-6)
+    np.testing.assert_allclose(ds.E, E, atol=1e-6)
+    message = _error(path, energy_key="nope", forces_key="dft_forces")
+    assert "dft.xyz" in message and "'nope'" in message
+
+
+def test_label_keys_only_for_xyz(tmp_path):
+    path = tmp_path / "water.npz"
+    _sgdml_npz(path)
+    assert "extended XYZ" in _error(path, energy_key="REF_energy")
+
+
+def test_dataset_without_forces_when_not_required(tmp_path):
+    path = tmp_path / "water.npz"
+    data = _sgdml_npz(path, F=None)
+    ds = load_dataset(path, require_forces=False)
+    assert ds.F is None and ds.subset([1, 2]).F is None
+    np.testing.assert_array_equal(ds.R, data["R"])
+
+
+def test_geometries_from_r_only_npz_and_xyz(tmp_path):
+    R, _, _ = _arrays()
+    path = tmp_path / "g.npz"
+    np.savez(path, R=R)
+    R_read, z = load_geometries(path)
+    assert z is None and np.array_equal(R_read, R)
+    xyz = tmp_path / "g.xyz"
+    R_xyz, _, _ = _write_xyz(xyz, [Z] * M, energy=False, forces=False)
+    R_read, z = load_geometries(xyz)
+    np.testing.assert_allclose(R_read, R_xyz, atol=1e-6)
+    np.testing.assert_array_equal(z, Z)
+    np.savez(path, positions=R)
+    with pytest.raises(DatasetError, match="no geometries"):
+        load_geometries(path)
+
+
+def test_species_mismatch_names_the_first_differing_atom():
+    check_same_species([8, 1, 1], Z, "water.xyz")
+    with pytest.raises(DatasetError, match="atom 1 is O in water.xyz but H in the model"):
+        check_same_species([8, 8, 1], Z, "data/water.xyz")
+    with pytest.raises(DatasetError, match="atom 0 is H in water.xyz but O in the model"):
+        check_same_species([1, 8, 1], Z, "data/water.xyz")
+    with pytest.raises(DatasetError, match="2 atoms per geometry, but the model has 3"):
+        check_same_species([8, 1], Z, "water.xyz")
+
+
+def test_unit_labels():
+    assert unit_labels("kcal/mol", "Ang") == ("kcal/mol", "kcal/mol/Ang")
+    assert unit_labels("unknown", "unknown") == ("unknown units", "unknown units")
+    assert unit_labels("eV", "unknown") == ("eV", "unknown units")
+
+
+def test_zero_byte_and_garbage_files(tmp_path):
+    for name, content in (("empty.npz", b""), ("junk.npz", b"junk" * 10), ("empty.xyz", b""),
+                          ("junk.xyz", b"3\nbad\nC x y z\n")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert name in _error(path)
 
 
 # --------------------------------------------------------------------------- bad files
@@ -412,6 +500,7 @@ def test_no_energies_or_few_frames_give_no_warnings(morse_trajectory):
 # --------------------------------------------------------------------------- real data
 
 
+@pytest.mark.shared_data
 def test_rmd17_ethanol_both_label_sets():
     path = RMD17_DIR / "rmd17_ethanol_train_01.npz"
     if not path.is_file():

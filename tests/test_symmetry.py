@@ -282,6 +282,7 @@ def _rmd17(name):
         return d["coords"], d["nuclear_charges"]
 
 
+@pytest.mark.shared_data
 def test_rmd17_ethanol_1000_frames():
     R, z = _rmd17("ethanol")
     t0 = time.perf_counter()
@@ -307,6 +308,7 @@ def test_rmd17_ethanol_1000_frames():
     ("paracetamol", 12),
     ("azobenzene", 8),
 ])
+@pytest.mark.shared_data
 def test_rmd17_molecules(name, expected):
     # 200 of the first 1000 frames (the default max_geometries); the counts are those of
     # sGDML's find_perms, which gives the same sets on these frames.
@@ -342,9 +344,8 @@ def test_progress_non_tty_prints_few_lines():
             bar.update()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert 2 <= len(lines) <= 11
+    assert len(lines) == 1  # a short stage: one line at its end (tests/test_cli.py: long stages)
     assert re.fullmatch(r"assembly  \[#{14}\] 100% 1000/1000  \d+\.\d s", lines[-1])
-    assert re.search(r"assembly  \[[#.]{14}\]  \d\d% \d+/1000  \d+\.\d s  eta \d+\.\d s", lines[0])
     # a total of 3 still gives at most one line per update plus the end
     out = io.StringIO()
     with Progress(3, "tiny", stream=out) as bar:
