@@ -184,11 +184,13 @@ def _split(ds, args):
     drawn = dict(zip(("training", "validation", "test"),
                      split_indices(len(ds), args.n_train, n_valid, n_test, args.seed)))
     parts = {role: (ds, idx) for role, idx in drawn.items() if len(idx)}
+    wanted = {"validation": (args.n_valid, 1), "test": (args.n_test, 2)}  # (frames, seed offset)
     for role, other in files.items():
         check_same_species(other.z, ds.z, other.source, ref=f"the training data {Path(ds.source).name}")
         idx = np.arange(len(other))
-        if role == "validation" and 0 < args.n_valid < len(other):
-            idx = np.sort(np.random.default_rng(args.seed + 1).permutation(len(other))[:args.n_valid])
+        count, offset = wanted[role]
+        if count is not None and 0 < count < len(other):  # --n-valid/--n-test draw from a given file too
+            idx = np.sort(np.random.default_rng(args.seed + offset).permutation(len(other))[:count])
         parts[role] = (other, idx)
     for role, (source, idx) in parts.items():
         validate_frames(source.R, idx, source.source, role)

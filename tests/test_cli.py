@@ -103,6 +103,16 @@ def test_test_file_alone_still_validates_on_training_frames(tmp_path, capsys):
     assert ("warning: sigma" in captured.err) == (model.sigma in (min(grid), max(grid)))
 
 
+def test_n_test_draws_from_a_given_test_file(tmp_path, capsys):
+    ds = load_dataset(DEFAULT_DATA)
+    test_file = tmp_path / "held_out.npz"
+    with open(test_file, "wb") as fh:
+        np.savez(fh, R=ds.R[2900:2910], z=ds.z, F=ds.F[2900:2910], E=ds.E[2900:2910])
+    assert main(["train", "--test", str(test_file), "--n-test", "4", "--n-train", "8", "--sigma", "15",
+                 "-o", str(tmp_path / "m.npz")]) == 0
+    assert "test errors (4 frames)" in capsys.readouterr().out
+
+
 def test_sigma_edge_warning():
     from types import SimpleNamespace
 
