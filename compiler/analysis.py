@@ -25,7 +25,7 @@ import sympy as sp
 
 from . import ad, ir
 from .errors import CompileError, DSLError
-from .parser import POSITION_VARS, S, T, DescriptorIR, KernelIR, user_var
+from .records import POSITION_VARS, S, T, DescriptorIR, KernelIR, user_var
 from .simplify import Program, limit_from_above, optimise, symbols_for
 
 # Coefficient name -> (IR variables it differentiates g by, powers of delta it multiplies).

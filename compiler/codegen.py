@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .analysis import DescriptorProgram, KernelProgram
 from .lower import program_lines
-from .parser import POSITION_VARS, DescriptorIR, KernelIR, user_var
+from .records import POSITION_VARS, DescriptorIR, KernelIR, user_var
 
 NJIT = "@njit(cache=True, error_model='numpy')"
 NJIT_PARALLEL = "@njit(cache=True, parallel=True, error_model='numpy')"

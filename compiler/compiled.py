@@ -11,7 +11,8 @@ import numpy as np
 from . import cache, checks, codegen, jax_lowering
 from .analysis import descriptor_program, kernel_program
 from .library import resolve
-from .parser import DescriptorIR, module_constants, parse_descriptor, parse_kernel
+from .parser import module_constants, parse_descriptor, parse_kernel
+from .records import DescriptorIR
 
 
 # --------------------------------------------------------------------------- building

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .analysis import DescriptorProgram, KernelProgram
 from .codegen import quote_source, rank_one_terms, unpack_lines
 from .lower import program_lines
-from .parser import POSITION_VARS, DescriptorIR, KernelIR
+from .records import POSITION_VARS, DescriptorIR, KernelIR
 
 DEVICE = "@cuda.jit(device=True)"
 KERNEL = "@cuda.jit"

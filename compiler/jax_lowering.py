@@ -11,7 +11,7 @@ import numpy as np
 
 from . import ir
 from .lower import spell
-from .parser import POSITION_VARS, S, T, DescriptorIR, KernelIR, user_var
+from .records import POSITION_VARS, S, T, DescriptorIR, KernelIR, user_var
 
 
 def _jax():

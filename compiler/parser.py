@@ -20,56 +20,13 @@ import textwrap
 from dataclasses import dataclass
 
 from . import ir
-from .dsl import DSLFunction, IndexSpace, StoredSource
+from .dsl import DSLFunction, StoredSource
 from .errors import DSLError
 from .primitives import COMPARISONS, DSL_FUNCTIONS
+from .records import DescriptorIR, KernelIR, S, SourceInfo, T, user_var
 
 VECTOR_HELPERS = ("norm", "dot", "sqdist")
 ALLOWED_CALLS = sorted(DSL_FUNCTIONS) + list(VECTOR_HELPERS)
-S, T = "s", "t"  # the kernel's reduction variables
-
-
-@dataclass
-class SourceInfo:
-    name: str
-    filename: str
-    first_line: int
-    lines: list       # the function's source lines, as written
-
-    def excerpt(self, lineno):
-        k = lineno - self.first_line
-        return self.lines[k].rstrip() if 0 <= k < len(self.lines) else ""
-
-
-@dataclass
-class DescriptorIR:
-    source: SourceInfo
-    over: IndexSpace
-    z_args: tuple       # which of 'zi', 'zj' the body uses
-    param_names: tuple  # in signature order
-    body: ir.Expr       # in variables ri_0..ri_2, rj_0..rj_2, zi, zj, params
-    body_line: int      # line of the return statement
-
-
-@dataclass
-class KernelIR:
-    source: SourceInfo
-    hyper_names: tuple
-    hyper_defaults: dict
-    body: ir.Expr       # in variables s, t and the hyperparameters
-    body_line: int
-
-
-POSITION_VARS = tuple(f"r{a}_{k}" for a in "ij" for k in range(3))
-USER_PREFIX = "u_"  # no name the compiler generates starts with it
-
-
-def user_var(name: str) -> str:
-    """The IR (and generated-code) name of a DSL parameter or hyperparameter: prefixed, so
-    a user's `ri_0`, `g_s`, `t0` or `math` never collides with the compiler's own names."""
-    return USER_PREFIX + name
-
-
 class Vec3(tuple):
     """A 3-vector of scalar IR expressions (descriptor bodies)."""
 

@@ -10,7 +10,8 @@ import pytest
 import compiler
 from compiler import ad, ir
 from compiler.library import resolve
-from compiler.parser import POSITION_VARS, parse_descriptor, parse_kernel, user_var
+from compiler.parser import parse_descriptor, parse_kernel
+from compiler.records import POSITION_VARS, user_var
 
 jax.config.update("jax_enable_x64", True)
 

@@ -24,7 +24,8 @@ import compiler
 from compiler import CompileError, DSLError, ir
 from compiler.analysis import COEFFICIENTS, kernel_program
 from compiler.library import load_file
-from compiler.parser import parse_kernel, user_var
+from compiler.parser import parse_kernel
+from compiler.records import user_var
 from compiler.primitives import Primitive
 from compiler.simplify import NoIRForm, from_sympy
 
@@ -74,7 +75,8 @@ def test_deep_chain_descriptor_compiles_in_linear_time(tmp_path):
         import numpy as np
         from compiler.analysis import descriptor_program
         from compiler.library import load_file
-        from compiler.parser import parse_descriptor, POSITION_VARS
+        from compiler.parser import parse_descriptor
+        from compiler.records import POSITION_VARS
         from compiler import ir
         dsl = load_file({str(path)!r})["chain"]
         start = time.perf_counter()
@@ -145,7 +147,8 @@ def test_simplify_time_budget_falls_back_to_cse_and_stays_correct(tmp_path):
         from compiler import ir, simplify
         from compiler.analysis import kernel_program
         from compiler.library import load_file
-        from compiler.parser import parse_kernel, user_var
+        from compiler.parser import parse_kernel
+        from compiler.records import user_var
         simplify.SYMPY_SECONDS = 0.02
         start = time.perf_counter()
         prog = kernel_program(parse_kernel(load_file({str(path)!r})["slow"]))

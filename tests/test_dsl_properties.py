@@ -25,7 +25,8 @@ import compiler
 from compiler import DSLError, ir, simplify
 from compiler.analysis import COEFFICIENTS, descriptor_program, kernel_program
 from compiler.library import load_file
-from compiler.parser import POSITION_VARS, parse_descriptor, parse_kernel, user_var
+from compiler.parser import parse_descriptor, parse_kernel
+from compiler.records import POSITION_VARS, user_var
 
 SETTINGS = dict(derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IMPORTS = ("from compiler.dsl import descriptor, kernel, sqrt, exp, log, sin, cos, arccos, tanh, "
