@@ -39,11 +39,6 @@ def write_text_atomic(path, text: str) -> None:
         fh.write(text)
 
 
-def write_bytes_atomic(path, data: bytes) -> None:
-    with atomic_writer(path) as fh:
-        fh.write(data)
-
-
 def _fsync_folder(folder: Path) -> None:
     """Make the rename itself durable (best effort: not every filesystem allows it)."""
     with contextlib.suppress(OSError):
