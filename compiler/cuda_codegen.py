@@ -19,7 +19,7 @@ from .records import POSITION_VARS, DescriptorIR, KernelIR
 
 DEVICE = "@cuda.jit(device=True)"
 KERNEL = "@cuda.jit"
-REDUCE_THREADS = 128  # most threads per block in the tree reductions (shared array size)
+REDUCE_THREADS = 128  # threads per block in the tree reductions (a power of two)
 
 
 def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR,
@@ -194,7 +194,6 @@ def assembly_kernel(kprog: KernelProgram) -> list:
 
 def prediction_kernels(kprog: KernelProgram) -> list:
     identity = _identity(kprog.present)
-    W = "REDUCE_THREADS"
     L = [KERNEL, "def pair_coefficients(DQ, DT, BT, hyper, COEF):",
          '    """Thread (m, q) owns COEF[q, m] = (c_identity, c_delta, c_dp, energy term) of query q',
          "    against permuted training point m, so that H(d_q, dt_m) bt_m =",
@@ -230,11 +229,11 @@ def prediction_kernels(kprog: KernelProgram) -> list:
          KERNEL, "def sum_features(DQ, DT, BT, COEF, ACC):",
          '    """Block (q, f): ACC[q, f] = sum over m of (H(d_q, dt_m) bt_m)[f]; each thread sums a',
          "    strided share of m, then a shared-memory tree adds the partial sums (blockDim.x threads,",
-         f'    a power of two <= {W})."""',
+         '    a power of two; blockDim.x * 8 bytes of dynamic shared memory)."""',
          "    q = cuda.blockIdx.x",
          "    f = cuda.blockIdx.y",
          "    tid = cuda.threadIdx.x",
-         f"    partial = cuda.shared.array({W}, float64)",
+         "    partial = cuda.shared.array(0, float64)  # dynamic: one buffer per block, sized at launch",
          "    total = 0.0",
          "    if q < DQ.shape[0] and f < DQ.shape[1]:",
          "        for m in range(tid, DT.shape[0], cuda.blockDim.x):",
@@ -249,7 +248,7 @@ def prediction_kernels(kprog: KernelProgram) -> list:
          '    """Block q: E[q] = sum over m of COEF[q, m, 3], by a shared-memory tree."""',
          "    q = cuda.blockIdx.x",
          "    tid = cuda.threadIdx.x",
-         f"    partial = cuda.shared.array({W}, float64)",
+         "    partial = cuda.shared.array(0, float64)  # dynamic: one buffer per block, sized at launch",
          "    total = 0.0",
          "    if q < COEF.shape[0]:",
          "        for m in range(tid, COEF.shape[1], cuda.blockDim.x):",

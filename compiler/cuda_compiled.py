@@ -223,14 +223,19 @@ class CudaCompiledModel:
         forces = self.cuda.device_array((q, n_atoms, 3))
         blocks, threads = self._grid((DT.shape[0], q), (32, 4))
         self.module.pair_coefficients[blocks, threads](DQ, DT, BT, hyper, coef)
+        # the tree sums keep one float64 per thread in dynamic shared memory (the launch's last
+        # argument; 0 is the default stream): one buffer per block on the device and in the
+        # simulator, whose static shared arrays are allocated without a lock, so two simulated
+        # threads could get different ones (a rare garbage energy in tests/test_cuda_sim.py)
         width = SIMULATOR_REDUCE_THREADS if self.simulated else self.module.REDUCE_THREADS
-        self.module.sum_features[(q, f), width](DQ, DT, BT, coef, acc)
+        shared = 8 * width  # bytes
+        self.module.sum_features[(q, f), width, 0, shared](DQ, DT, BT, coef, acc)
         blocks, threads = self._grid((q, n_atoms))
         self.module.forces_from_features[blocks, threads](JACQ, incidence, acc, forces)
         energy = None
         if energies:
             energy = self.cuda.device_array(q)
-            self.module.sum_energies[q, width](coef, energy)
+            self.module.sum_energies[q, width, 0, shared](coef, energy)
         return energy, forces
 
     def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms):
