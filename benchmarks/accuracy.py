@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.datasets import DEFAULT_DATA_DIR, rmd17_file
+
 REPO = Path(__file__).resolve().parents[1]
-RMD17_DIR = REPO.parent / "shared" / "data" / "rmd17"
 
 
 def largest_m(n_atoms, m_wanted, energy_rows=False, fraction=0.85):
@@ -52,8 +53,8 @@ def run_case(molecule, labels, sigmas, sweep_train, sweep_valid, n_train, log):
     import runtime
     from runtime.cli import parse_sigma
 
-    train = runtime.load_dataset(RMD17_DIR / f"rmd17_{molecule}_train_01.npz", labels=labels)
-    test = runtime.load_dataset(RMD17_DIR / f"rmd17_{molecule}_test_01.npz", labels=labels)
+    train = runtime.load_dataset(rmd17_file(molecule, "train"), labels=labels)
+    test = runtime.load_dataset(rmd17_file(molecule, "test"), labels=labels)
     grid = parse_sigma(sigmas)
     result = {"molecule": molecule, "labels": labels, "n_atoms": train.n_atoms, "sigma_grid": grid}
 
@@ -97,8 +98,8 @@ def main(argv=None):
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not RMD17_DIR.is_dir():
-        raise SystemExit(f"rMD17 data not found at {RMD17_DIR}")
+    if not DEFAULT_DATA_DIR.is_dir():
+        raise SystemExit(f"rMD17 data not found at {DEFAULT_DATA_DIR}")
 
     import numba
     import scipy

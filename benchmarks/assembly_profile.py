@@ -28,7 +28,7 @@ from statistics import median
 
 import numpy as np
 
-from .harness import DEFAULT_DATA_DIR, load_split, molecule_files, training_indices
+from .datasets import DEFAULT_DATA_DIR, load_split, molecule_files, training_indices
 
 
 def _fill_parallel():

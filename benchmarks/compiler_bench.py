@@ -46,19 +46,18 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from statistics import median
 
 import numpy as np
 
+from benchmarks.datasets import FALLBACK_DATA, rmd17_file
+from benchmarks.environment import git_info
+from benchmarks.startup import first_and_cached, per_key
+
 REPO = Path(__file__).resolve().parents[1]
-RMD17_DIR = REPO.parent / "shared" / "data" / "rmd17"
-FALLBACK = REPO / "runtime" / "default_data" / "ethanol_gfn2xtb_500K.npz"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 DESCRIPTOR, KERNEL = "inverse_distances", "matern52"
@@ -71,13 +70,13 @@ TARGETS = {"force_block_speedup": 10.0, "first_compile_s": 15.0, "cached_load_s"
 
 def load_molecule(name):
     """(R (M, N, 3), z (N,), source) for 'ethanol' or 'aspirin'; None when unavailable."""
-    path = RMD17_DIR / f"rmd17_{name}_train_01.npz"
+    path = rmd17_file(name)
     if path.is_file():
         with np.load(path) as d:
             return np.ascontiguousarray(d["coords"], float), np.asarray(d["nuclear_charges"]), str(path)
-    if name == "ethanol" and FALLBACK.is_file():
-        with np.load(FALLBACK) as d:
-            return np.ascontiguousarray(d["R"], float), np.asarray(d["z"]), str(FALLBACK)
+    if name == "ethanol" and FALLBACK_DATA.is_file():
+        with np.load(FALLBACK_DATA) as d:
+            return np.ascontiguousarray(d["R"], float), np.asarray(d["z"]), str(FALLBACK_DATA)
     return None
 
 
@@ -150,7 +149,8 @@ fperms = model.feature_permutations(None, n)
 K = np.empty((6 * n, 6 * n))
 model.assemble_rows(D, JAC, fperms, h, K, np.arange(2), n)
 B = model.contract(JAC, np.ones((2, n, 3)))
-model.predict_parts(D, JAC, D, B, h, n)
+from runtime.prediction import predict_parts
+predict_parts(model, D, JAC, D, B, h, n)
 t5 = time.perf_counter()
 assert np.all(np.isfinite(C))
 print("GDMLC_BENCH " + json.dumps({
@@ -160,49 +160,19 @@ print("GDMLC_BENCH " + json.dumps({
 """
 
 
-def _child(gen_dir, inputs, timeout=600):
-    env = dict(os.environ, GDMLC_GENERATED_DIR=str(gen_dir))
-    env.pop("NUMBA_CACHE_DIR", None)  # keep Numba's cache next to the generated module
-    code = CHILD % {"desc": DESCRIPTOR, "kernel": KERNEL, "sigma": SIGMA}
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, str(inputs)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"compile-time subprocess failed:\n{proc.stdout}\n{proc.stderr}")
-    line = [l for l in proc.stdout.splitlines() if l.startswith("GDMLC_BENCH ")][-1]
-    out = json.loads(line[len("GDMLC_BENCH "):])
-    out["process_wall_s"] = wall
-    return out
-
-
 def bench_compile(R, z, reps, log):
-    tmp = Path(tempfile.mkdtemp(prefix="gdmlc_bench_"))
-    try:
-        inputs = tmp / "inputs.npz"
-        np.savez(inputs, x=R[0], xp=R[1], z=z)
-        first, cached = [], []
-        for r in range(reps):
-            gen = tmp / f"generated_{r}"
-            gen.mkdir()
-            a = _child(gen, inputs)
-            if not a["built_now"]:
-                raise RuntimeError("first-compile run did not build the module (directory not empty?)")
-            b = _child(gen, inputs)
-            if b["built_now"]:
-                raise RuntimeError("cached run rebuilt the module")
-            first.append(a)
-            cached.append(b)
-            log(f"  rep {r + 1}/{reps}: first compile {a['compile_to_first_block_s']:.2f} s, "
-                f"cached {b['compile_to_first_block_s']:.3f} s, import {b['import_s']:.3f} s")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def log_pair(k, a, b):
+        log(f"  rep {k}/{reps}: first compile {a['compile_to_first_block_s']:.2f} s, "
+            f"cached {b['compile_to_first_block_s']:.3f} s, import {b['import_s']:.3f} s")
 
-    def summary(runs):
-        keys = [k for k in runs[0] if k != "built_now"]
-        return {k: median(r[k] for r in runs) for k in keys} | {"runs": runs}
+    code = CHILD % {"desc": DESCRIPTOR, "kernel": KERNEL, "sigma": SIGMA}
+    first, cached, _ = first_and_cached(code, {"x": R[0], "xp": R[1], "z": z}, [], reps, "GDMLC_BENCH",
+                                        log_pair, retry_invalid=False, timeout=600)
 
-    return {"repetitions": reps, "first": summary(first), "cached": summary(cached),
+    def medians(runs):
+        return per_key(runs, median) | {"runs": runs}
+
+    return {"repetitions": reps, "first": medians(first), "cached": medians(cached),
             "import_s": median([r["import_s"] for r in first + cached])}
 
 
@@ -364,20 +334,14 @@ def environment():
     from .floors import machine_description
     machine = machine_description()
     cpu, mem = machine["cpu"], machine["memory_gib"]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
-                                    capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = "unknown", None
+    git = git_info()
     return {"date": _dt.datetime.now().isoformat(timespec="seconds"),
             "nproc": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
             "cpu_model": cpu, "ram_gib": mem, "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__, "jax": jax.__version__,
             "jaxlib": __import__("jaxlib").__version__, "gdmlc": compiler.__version__,
             "numba_threads": numba.get_num_threads(), "jax_devices": [str(d) for d in jax.devices()],
-            "git_commit": commit, "git_dirty": dirty,
+            "git_commit": git["commit"] or "unknown", "git_dirty": git.get("dirty"),
             "command": "python -m benchmarks.compiler_bench " + " ".join(sys.argv[1:])}
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .datasets import rmd17_file
+from .environment import openblas_threads
 from .sgdml_runner import ensure_sgdml_env, run_sgdml_all, write_sgdml_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-RMD17_DIR = REPO.parent / "shared" / "data" / "rmd17"
 
 
 def joined_dataset(molecule, labels, path):
     import runtime
-    parts = [runtime.load_dataset(RMD17_DIR / f"rmd17_{molecule}_{kind}_01.npz", labels=labels)
+    parts = [runtime.load_dataset(rmd17_file(molecule, kind), labels=labels)
              for kind in ("train", "test")]
     R = np.concatenate([p.R for p in parts])
     E = np.concatenate([p.E for p in parts])
@@ -85,16 +85,9 @@ def main(argv=None):
             g = time_gdmlc(dataset, args.n_train, args.n_valid, args.n_test, args.sigma, tmp)
             print(f"repeat {repeat}: gdmlc train {g['wall_time']:.1f} s (test force MAE {g['test_force_mae']})",
                   flush=True)
-            saved = os.environ.get("OPENBLAS_NUM_THREADS")
-            if args.sgdml_blas_threads:
-                os.environ["OPENBLAS_NUM_THREADS"] = str(args.sgdml_blas_threads)
-            try:
+            with openblas_threads(args.sgdml_blas_threads):
                 s = run_sgdml_all(dataset, args.n_train, args.n_valid, args.n_test, args.sigma,
                                   Path(tmp) / f"sgdml{repeat}", cpu=args.cpu, progress=False)
-            finally:
-                os.environ.pop("OPENBLAS_NUM_THREADS", None)
-                if saved is not None:
-                    os.environ["OPENBLAS_NUM_THREADS"] = saved
             print(f"repeat {repeat}: sgdml all {s['wall_time']:.1f} s (test errors {s['test_errors']})", flush=True)
             runs.append({"gdmlc": {k: v for k, v in g.items() if k != "log"},
                          "sgdml": {k: v for k, v in s.items() if k not in ("log", "idxs_train")},

@@ -1,5 +1,9 @@
 """This machine's hardware floors, measured in the same run as the benchmarks.
 
+``python -m benchmarks.floors [--quick | --sizes tiny] [--out PATH]`` prints (or writes) all three
+measurements and the machine description; the harness runs it as a subprocess
+(``measure_in_subprocess``) and turns the rates into each case's floors (``case_floors``).
+
 Measurements (each returns a dict: ``value``, its ``unit``, the sizes, ``repeats``, all
 ``samples`` (seconds) and how the value was computed; ``value`` is the median):
 
@@ -54,18 +58,26 @@ N atoms, P permutations; + - * / each count 1, sqrt and exp count 1:
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 from statistics import median
 
 import numpy as np
 
+from benchmarks.environment import cpu_model, module_versions, thread_environment
+
 __all__ = ["memory_bandwidth", "dgemm_rate", "dpotrf_rate", "force_block_flops",
            "assembly_floor", "assembly_floor_parts", "cholesky_floor", "machine_description",
-           "measure_all"]
+           "measure_all", "case_floors", "measure_in_subprocess"]
 
+VERSIONED_MODULES = ("numpy", "scipy", "numba", "jax", "jaxlib", "sympy", "torch", "sgdml")
 BLOCK_KERNEL_FLOPS = 16  # Matérn 5/2 g_s, g_ss from s (see module doc)
 
 
@@ -212,31 +224,9 @@ def cholesky_floor(n, dpotrf) -> float:
 
 # --------------------------------------------------------------------------- the machine
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_bytes():
     from runtime.assembly import proc_field_bytes
     return proc_field_bytes("MemTotal")
-
-
-def _versions():
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "scipy", "numba", "jax", "jaxlib", "sympy", "torch", "sgdml"):
-        try:
-            module = __import__(name)
-            out[name] = getattr(module, "__version__", "unknown")
-        except Exception:  # noqa: BLE001 - absent or broken: reported as None
-            out[name] = None
-    return out
 
 
 def _blas():
@@ -261,8 +251,7 @@ def _blas():
                                for p in threadpool_info()]
     except Exception:  # noqa: BLE001 - threadpoolctl is optional
         pass
-    info["env"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                               "NUMBA_NUM_THREADS", "XLA_FLAGS") if k in os.environ}
+    info["env"] = thread_environment()
     return info
 
 
@@ -273,24 +262,96 @@ def machine_description() -> dict:
     except AttributeError:
         affinity = None
     mem = _memory_bytes()
-    return {"cpu": _cpu_model(), "machine": platform.machine(), "logical_cpus": os.cpu_count(),
+    return {"cpu": cpu_model() or platform.processor() or platform.machine(), "machine": platform.machine(),
+            "logical_cpus": os.cpu_count(),
             "usable_cpus": affinity, "memory_bytes": mem,
             "memory_gib": None if mem is None else round(mem / 2 ** 30, 1),
-            "os": platform.platform(), "hostname": platform.node(), "versions": _versions(), "blas": _blas(),
+            "os": platform.platform(), "hostname": platform.node(),
+            "versions": {"python": platform.python_version(), **module_versions(VERSIONED_MODULES)}, "blas": _blas(),
             "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def measure_all(quick: bool = False) -> dict:
-    """All three measurements and the machine description (quick: smaller sizes, fewer repeats)."""
-    if quick:
-        bw, gemm, potrf = memory_bandwidth(128 * 2 ** 20, 3), dgemm_rate(2000, 3), dpotrf_rate(4000, 3)
+# --------------------------------------------------------------------------- a run's floors
+
+# (arguments of memory_bandwidth, dgemm_rate, dpotrf_rate) per --floors choice; full: the defaults
+SIZES = {"full": {}, "quick": {"memory_bandwidth": (128 * 2**20, 3), "dgemm": (2000, 3), "dpotrf": (4000, 3)},
+         "tiny": {"memory_bandwidth": (16 * 2**20, 2), "dgemm": (400, 2), "dpotrf": (600, 2)}}
+
+
+def measure_all(sizes: str = "full") -> dict:
+    """The three measurements (a failed one is recorded, status 'partial'), each with its
+    measure_s, and the machine description."""
+    from benchmarks.records import jsonable
+    out = {"status": "ok", "sizes": sizes}
+    for key, fn in (("memory_bandwidth", memory_bandwidth), ("dgemm", dgemm_rate), ("dpotrf", dpotrf_rate)):
+        t = time.perf_counter()
+        try:
+            out[key] = jsonable(fn(*SIZES[sizes].get(key, ())))
+        except Exception as exc:
+            out[key] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            out["status"] = "partial"
+        out[key]["measure_s"] = time.perf_counter() - t
+    try:
+        out["machine"] = jsonable(machine_description())
+    except Exception as exc:
+        out["machine"] = f"unavailable: {type(exc).__name__}: {exc}"
+    return out
+
+
+def measure_in_subprocess(log, sizes, work):
+    """measure_all in a subprocess (keeps its big test arrays out of the harness process, whose
+    peak memory its subprocesses would otherwise inherit); logs each rate."""
+    if sizes == "skip":
+        return {"status": "skipped", "reason": "--floors skip"}
+    out_path = Path(work) / "floors.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.floors", "--sizes", sizes, "--out", str(out_path)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    if proc.returncode != 0 or not out_path.is_file():
+        return {"status": "failed", "reason": f"floors subprocess exited {proc.returncode}: "
+                                              f"{proc.stderr[-2000:]}"}
+    out = json.loads(out_path.read_text())
+    for key in ("memory_bandwidth", "dgemm", "dpotrf"):
+        log(f"  {key}: {_floor_text(out[key])} ({out[key].get('measure_s', 0):.1f} s)")
+    return out
+
+
+def _floor_text(d):
+    if not isinstance(d, dict) or "value" not in d:
+        return str(d.get("reason", d) if isinstance(d, dict) else d)
+    return f"{d['value']:.4g} {d.get('unit', '')}".strip()
+
+
+def case_floors(rates, n_atoms, m, n_perms, n_features):
+    """Assembly and Cholesky floors (seconds) for one case, from the run's measured rates."""
+    from benchmarks.records import jsonable
+    out = {}
+    n = 3 * n_atoms * m
+    try:
+        out["cholesky"] = {"seconds": cholesky_floor(n, rates["dpotrf"]), "formula": "n^3/3 / DPOTRF rate", "n": n}
+    except Exception as exc:
+        out["cholesky"] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    try:
+        parts = assembly_floor_parts(n_atoms, m, n_perms, n_features, rates["memory_bandwidth"], rates["dgemm"])
+        out["assembly"] = {"seconds": parts["floor_s"], **jsonable(parts)}
+    except Exception as exc:
+        out["assembly"] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def main(argv=None):
+    """python -m benchmarks.floors [--quick | --sizes S] [--out PATH]: print or write measure_all."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.floors", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="= --sizes quick")
+    ap.add_argument("--sizes", choices=sorted(SIZES), default="full")
+    ap.add_argument("--out", help="write the JSON here instead of printing it")
+    args = ap.parse_args(argv)
+    text = json.dumps(measure_all("quick" if args.quick else args.sizes), indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
     else:
-        bw, gemm, potrf = memory_bandwidth(), dgemm_rate(), dpotrf_rate()
-    return {"machine": machine_description(), "memory_bandwidth": bw, "dgemm": gemm, "dpotrf": potrf}
+        print(text)
+    return 0
 
 
-if __name__ == "__main__":  # python -m benchmarks.floors [--quick]
-    import json
-    import sys
-
-    print(json.dumps(measure_all(quick="--quick" in sys.argv), indent=2))
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,7 +35,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,9 +42,10 @@ from statistics import median
 
 import numpy as np
 
+from benchmarks.datasets import DEFAULT_DATA_DIR, FALLBACK_DATA, rmd17_file
+from benchmarks.environment import cpu_model, git_info, module_versions
+
 REPO = Path(__file__).resolve().parents[1]
-RMD17_DIR = REPO.parent / "shared" / "data" / "rmd17"
-FALLBACK = REPO / "runtime" / "default_data" / "ethanol_gfn2xtb_500K.npz"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DESCRIPTOR, KERNEL = "inverse_distances", "matern52"
 SIGMA, LAM = 20.0, 1e-10
@@ -85,11 +85,11 @@ def parse_args(argv=None):
 
 def load_molecule(name, tiny=False):
     """(R, F, E, z, source) of a molecule's rMD17 training file (or the embedded ethanol)."""
-    path = RMD17_DIR / f"rmd17_{name}_train_01.npz"
+    path = rmd17_file(name)
     if tiny or not path.is_file():
         if name != "ethanol":
-            raise SystemExit(f"gpu_bench: {path} not found (rMD17 data expected at {RMD17_DIR})")
-        path = FALLBACK
+            raise SystemExit(f"gpu_bench: {path} not found (rMD17 data expected at {DEFAULT_DATA_DIR})")
+        path = FALLBACK_DATA
     from runtime.data import load_dataset
     ds = load_dataset(path)
     return ds.R, ds.F, ds.E, ds.z, str(path)
@@ -153,7 +153,8 @@ def check_kernels(cm, R, z, perms, m, n_query, log):
     DQ, JQ, _ = cm.evaluate(R_query, z)
     E, F = cm.predict_parts(DQ, JQ, DT, BT, h, n)
     DQc, JQc, _ = cm.cpu.descriptor.evaluate(R_query, z)
-    Ec, Fc = cm.cpu.predict_parts(DQc, JQc, DT, BT, h, n)
+    from runtime.prediction import predict_parts
+    Ec, Fc = predict_parts(cm.cpu, DQc, JQc, DT, BT, h, n)
     out["prediction_energies"], out["prediction_forces"] = rel(E, Ec), rel(F, Fc)
     out["passed"] = all(v <= TOLERANCE for v in out.values())
     log(f"  check (M={m}, {n_query} queries): " + ", ".join(
@@ -175,7 +176,7 @@ def bench_gdmlc(name, R, F, E, z, perms, args, log):
                          device="cuda")
     if model.device != "cuda":
         raise SystemExit("gpu_bench: the CUDA backend cannot run here (see the message above)")
-    backend = model._cuda
+    backend = model.backend
     cm = backend.model
     cuda = cm.cuda
     fperms = cm.feature_permutations(perms, n)
@@ -224,11 +225,8 @@ def bench_gdmlc(name, R, F, E, z, perms, args, log):
     res["fit_cuda_s"] = time.perf_counter() - t0
     log(f"  GDML.fit cuda     {res['fit_cuda_s']:.2f} s (one run, compile and descriptor included)")
     cpu_model = runtime.GDML(DESCRIPTOR, KERNEL, sigma=SIGMA, lam=LAM, symmetries=perms, progress=False)
-    # the CPU model shares the trained coefficients, so only the prediction path differs
-    for key in ("z", "R_train", "n_atoms", "perms", "alpha", "sigma", "lam_used", "label_scale",
-                "D_train", "B_train", "energy_constant", "energy_weights"):
-        setattr(cpu_model, key, getattr(model, key))
-    cpu_model._prepare(fperms)
+    # the CPU model shares the trained state, so only the prediction path differs
+    cpu_model.state = model.state
     res["predict"] = {}
     for q in args.predict:
         Rq = R[spread(len(R), q, offset=3)]
@@ -279,11 +277,7 @@ def environment(args):
            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
            "simulated": bool(config.ENABLE_CUDASIM), "nproc": os.cpu_count(),
            "command": "python -m benchmarks.gpu_bench " + " ".join(sys.argv[1:])}
-    for module in ("numba_cuda", "cupy", "jax", "jaxlib"):
-        try:
-            env[module] = __import__(module).__version__
-        except Exception:
-            env[module] = None
+    env.update(module_versions(("numba_cuda", "cupy", "jax", "jaxlib")))
     try:
         if config.ENABLE_CUDASIM:
             raise RuntimeError("Numba CUDA simulator, no GPU")
@@ -291,16 +285,8 @@ def environment(args):
         env["gpu"] = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
     except Exception as exc:
         env["gpu"] = f"unknown ({exc})"
-    try:
-        env["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                if line.startswith("model name"))
-    except (OSError, StopIteration):
-        env["cpu_model"] = "unknown"
-    try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                           capture_output=True, text=True).stdout.strip()
-    except OSError:
-        env["git_commit"] = "unknown"
+    env["cpu_model"] = cpu_model() or "unknown"
+    env["git_commit"] = git_info()["commit"] or "unknown"
     return env
 
 
@@ -330,7 +316,7 @@ def main(argv=None):
     reason = cuda_backend.cuda_unavailable_reason()
     if reason is not None:
         raise SystemExit(f"gpu_bench: {reason}")
-    from compiler.cuda_compiled import compile_cuda_model
+    from compiler.build.cuda_compiled import compile_cuda_model
     from runtime.symmetry import find_permutations
 
     def log(text):

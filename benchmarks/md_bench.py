@@ -253,7 +253,7 @@ def _split(samples, prefix):
 @contextmanager
 def _every_call_on_all_threads():
     """Context: gdmlc's prediction scheduled as before issue 10 (no single-threaded small work)."""
-    from compiler import compiled
+    from compiler.build import compiled
 
     saved = compiled.SERIAL_GEOMETRIES
     compiled.SERIAL_GEOMETRIES = 0
@@ -356,7 +356,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.quick:
         args.n_train, args.steps, args.repeats, args.calls, args.no_sgdml = 50, 20, 2, 20, True
-    from .harness import git_info, machine, versions
+    from .environment import git_info, machine, versions
 
     ds, described = training_data(args.n_train)
     frames = np.arange(len(ds))[args.n_train:] if len(ds) > args.n_train else np.arange(len(ds))

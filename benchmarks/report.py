@@ -282,6 +282,18 @@ def render_agreement(run):
                    f"<= {run['config'].get('tolerance', 1e-6):g}"], rows)
 
 
+def first_compile_records(run, systems):
+    """(case, system, result) for each of systems, from the first case where it ran and recorded
+    its compile information."""
+    seen = set()
+    for c in run.get("cases", []):
+        for s in systems:
+            res = c["results"].get(s)
+            if s not in seen and ok(res) and res.get("compile"):
+                seen.add(s)
+                yield c, s, res
+
+
 def render_startup(run):
     rows = []
     g = (run.get("startup") or {}).get("gdmlc")
@@ -297,32 +309,21 @@ def render_startup(run):
                          "first or rebuilt when cached)", "", ""])
     elif isinstance(g, dict):
         rows.append(["gdmlc", g.get("status", "?"), g.get("reason", ""), ""])
-    seen = set()
-    for c in run.get("cases", []):
-        for s in ("jax_contraction", "jax_dense"):
-            res = c["results"].get(s)
-            if s in seen or not ok(res) or not res.get("compile"):
-                continue
-            seen.add(s)
-            ci = res["compile"]
-            rows.append([SYSTEM_LABEL[s], f"assemble, {c['id']} (first call: {fmt(ci.get('assemble_compile_s'), 3)} s "
-                         "jit compile)", fmt(ci.get("assemble_first_call_s"), 3, " s"),
-                         fmt(ci.get("assemble_later_call_s"), 3, " s")])
-            rows.append([SYSTEM_LABEL[s], "jit compile seconds, all functions and shapes of one process",
-                         fmt(ci.get("total_compile_s"), 3, " s"), "–"])
-            for b in ("1", "10", "1000"):
-                if f"predict_{b}_first_call_s" in ci:
-                    rows.append([SYSTEM_LABEL[s], f"predict batch {b} (first call of the timing loop; already "
-                                 "compiled if the test prediction used the same chunk shape)",
-                                 fmt(ci[f"predict_{b}_first_call_s"], 3, " s"),
-                                 fmt(ci.get(f"predict_{b}_later_call_s"), 3, " s")])
-    for c in run.get("cases", []):
-        for s in ("sgdml_torch", "sgdml_cpu"):
-            res = c["results"].get(s)
-            if s in seen or not ok(res) or not res.get("compile"):
-                continue
-            seen.add(s)
-            rows.append([SYSTEM_LABEL[s], str(res["compile"])[:200], "", ""])
+    for c, s, res in first_compile_records(run, ("jax_contraction", "jax_dense")):
+        ci = res["compile"]
+        rows.append([SYSTEM_LABEL[s], f"assemble, {c['id']} (first call: {fmt(ci.get('assemble_compile_s'), 3)} s "
+                     "jit compile)", fmt(ci.get("assemble_first_call_s"), 3, " s"),
+                     fmt(ci.get("assemble_later_call_s"), 3, " s")])
+        rows.append([SYSTEM_LABEL[s], "jit compile seconds, all functions and shapes of one process",
+                     fmt(ci.get("total_compile_s"), 3, " s"), "–"])
+        for b in ("1", "10", "1000"):
+            if f"predict_{b}_first_call_s" in ci:
+                rows.append([SYSTEM_LABEL[s], f"predict batch {b} (first call of the timing loop; already "
+                             "compiled if the test prediction used the same chunk shape)",
+                             fmt(ci[f"predict_{b}_first_call_s"], 3, " s"),
+                             fmt(ci.get(f"predict_{b}_later_call_s"), 3, " s")])
+    for _, s, res in first_compile_records(run, ("sgdml_torch", "sgdml_cpu")):
+        rows.append([SYSTEM_LABEL[s], str(res["compile"])[:200], "", ""])
     rows.append(["sGDML", "no JIT; interpreter and torch start-up are not timed", "–", "–"])
     return _table(["system", "step", "first (cold)", "cached / later call"], rows)
 

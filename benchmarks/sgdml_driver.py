@@ -76,6 +76,8 @@ def _maxrss_bytes(who):
 
 def _status_bytes(field):
     """VmHWM / VmRSS of this process from /proc/self/status, in bytes (None if unreadable)."""
+    # not runtime.assembly.proc_field_bytes: this script runs in sGDML's own environment, which has no gdmlc
+
     try:
         with open("/proc/self/status") as fh:
             for line in fh:

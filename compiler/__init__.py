@@ -11,10 +11,11 @@ or "FILE.py:function".
 """
 __version__ = "0.1.0"
 
-from .compiled import (CompiledDescriptor, CompiledKernel, CompiledModel,  # noqa: E402
+from compiler.middle import primitives  # noqa: E402,F401 - the rule table fills compiler.middle.ir's registry: import compiler.middle.ir finds it full
+from compiler.build.compiled import (CompiledDescriptor, CompiledKernel, CompiledModel,  # noqa: E402
                        compile_descriptor, compile_kernel, compile_model)
-from .dsl import descriptor, kernel, neighbours, pairs  # noqa: E402
-from .errors import CompileError, DSLError  # noqa: E402
+from compiler.dsl import descriptor, kernel, neighbours, pairs  # noqa: E402
+from compiler.errors import CompileError, DSLError  # noqa: E402
 
 __all__ = ["compile_descriptor", "compile_kernel", "compile_model", "CompiledDescriptor",
            "CompiledKernel", "CompiledModel", "descriptor", "kernel", "pairs", "neighbours",

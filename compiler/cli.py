@@ -7,10 +7,10 @@ import traceback
 
 import numpy as np
 
-from .compiled import compile_descriptor, compile_kernel, compile_model
-from .errors import CompileError
-from .library import DEFAULT_DESCRIPTOR, DEFAULT_KERNEL, load_file, resolve
-from .verify import TOLERANCE, check_model
+from compiler.build.compiled import compile_descriptor, compile_kernel, compile_model
+from compiler.errors import CompileError
+from compiler.library import DEFAULT_DESCRIPTOR, DEFAULT_KERNEL, load_file, resolve
+from compiler.build.verify import TOLERANCE, check_model
 
 EXAMPLE_ATOMS = 9  # feature counts are printed for a 9-atom molecule (ethanol)
 
@@ -80,7 +80,7 @@ def cmd_compile(args):
         print(f"descriptor {c.name} ({dsl.filename}:{c.ir.source.first_line})")
         print(f"  index space        {c.over}, {c.n_channels} channel(s)")
         print(f"  features           {c.n_features(EXAMPLE_ATOMS)} for {EXAMPLE_ATOMS} atoms "
-              f"({'N(N-1)/2' if c.over == 'pairs' else 'N'} x {c.n_channels})")
+              f"({c.over.feature_formula} x {c.n_channels})")
         print(f"  Jacobian nonzeros  {3 * c.slots(EXAMPLE_ATOMS)} per row "
               f"({c.slots(EXAMPLE_ATOMS)} atoms x 3)")
         print(f"  ops (term + grad)  {before} -> {after} after simplification")
@@ -114,7 +114,7 @@ def cmd_compile(args):
 
 
 def _demo_geometry(n):
-    from .verify import random_geometry
+    from compiler.build.verify import random_geometry
     import numpy as np
 
     return random_geometry(np.random.default_rng(0), n)

@@ -17,27 +17,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.middle.index_spaces import DEFAULT_INDEX_SPACE, INDEX_SPACES, IndexSpace, neighbours, pairs  # noqa: F401
+
+from compiler.middle import primitives as _primitives
+
 pi = float(np.pi)
 
 
-@dataclass(frozen=True)
-class IndexSpace:
-    """Which atoms a feature involves.
-
-    ``pairs``: one feature per atom pair i < j (per parameter channel).
-    ``neighbours``: one feature per atom i (per channel), the body summed over
-    every other atom j.
-    """
-
-    name: str
-
-    def __repr__(self):
-        return self.name
-
-
-pairs = IndexSpace("pairs")
-neighbours = IndexSpace("neighbours")
-INDEX_SPACES = {"pairs": pairs, "neighbours": neighbours}
+# Index spaces (``pairs``, ``neighbours``) are objects of compiler.middle.index_spaces: each owns
+# its variables, sites, permutation rule and loops; the DSL only names them.
 
 
 @dataclass(frozen=True)
@@ -94,7 +82,7 @@ class DSLFunction:
         return f"<gdmlc {self.kind} {self.name}>"
 
 
-def descriptor(fn=None, *, over=pairs, params=None, sigmas=None):
+def descriptor(fn=None, *, over=DEFAULT_INDEX_SPACE, params=None, sigmas=None):
     """Mark ``fn`` as a descriptor over an index space.
 
     ``params`` maps parameter names to a number (the same for every feature)
@@ -119,7 +107,7 @@ def _definition_site(f):
 
 
 def _decorator_error(site, message, hint):
-    from .errors import DSLError
+    from compiler.errors import DSLError
     return DSLError(message, site[0], site[1], 1, hint)
 
 
@@ -174,14 +162,10 @@ def kernel(fn=None):
     return wrap if fn is None else wrap(fn)
 
 
-# Math names, usable from plain Python on numpy arrays.
-sqrt, exp, log, sin, cos, arccos, tanh = np.sqrt, np.exp, np.log, np.sin, np.cos, np.arccos, np.tanh
-cosh, sinh = np.cosh, np.sinh
-abs = np.abs  # noqa: A001 - the DSL name is abs
-
-
-def where(cond, a, b):
-    return np.where(cond, a, b)
+# Math names, usable from plain Python on numpy arrays: each DSL function of the rule
+# table (compiler.middle.primitives) is its row's numpy value (sqrt, exp, ..., abs, where, erf).
+MATH_NAMES = {p.dsl: p.evaluate for p in _primitives.PRIMITIVES.values() if p.dsl}
+globals().update(MATH_NAMES)
 
 
 def norm(v):
@@ -196,6 +180,5 @@ def sqdist(a, b):
     return np.sum((np.asarray(a) - np.asarray(b)) ** 2, axis=-1)
 
 
-__all__ = ["descriptor", "kernel", "pairs", "neighbours", "pi", "sqrt", "exp", "log", "sin",
-           "cos", "arccos", "tanh", "cosh", "sinh", "abs", "where", "norm", "dot", "sqdist", "DSLFunction",
-           "StoredSource"]
+__all__ = ["descriptor", "kernel", "pairs", "neighbours", "pi", *MATH_NAMES, "norm", "dot", "sqdist",
+           "DSLFunction", "StoredSource"]

@@ -6,9 +6,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .dsl import DSLFunction
+from compiler.dsl import DSLFunction
 
-LIBRARY_DESCRIPTORS = ("inverse_distances", "coulomb_matrix", "exponential_decay", "radial_g2")
+LIBRARY_DESCRIPTORS = ("inverse_distances", "coulomb_matrix", "exponential_decay", "radial_g2", "erf_coulomb")
 LIBRARY_KERNELS = ("matern52", "matern32", "gaussian", "polynomial")
 DEFAULT_DESCRIPTOR, DEFAULT_KERNEL = "inverse_distances", "matern52"
 

@@ -133,8 +133,8 @@ def cmd_train(args):
           f"{', energy constraints' if args.energy_constraints else ''}")
     print(f"split    train {len(train)}, validation {0 if valid is None else len(valid)}, "
           f"test {0 if test is None else len(test)}")
-    model.fit(train.R, train.F, train.E, train.z,
-              valid=None if valid is None else (valid.R, valid.F, valid.E))
+    model.fit(train.R, train.F, train.E, train.z,  # every frame passed validate_frames in _split
+              valid=None if valid is None else (valid.R, valid.F, valid.E), validated=True)
     for warning in check_force_energy_consistency(train.R, train.E, train.F) if train.E is not None else []:
         print(f"warning: {warning}", file=sys.stderr)
     from_training_file = {role: idx if part.source == ds.source else np.array([], dtype=int)
@@ -155,7 +155,7 @@ def cmd_train(args):
     if "validation" in model.info:
         print_errors("validation errors", model.info["validation"], ds)
     if test is not None:
-        errors = model.evaluate(test.R, test.F, test.E)
+        errors = model.evaluate(test.R, test.F, test.E, validated=True)
         model.info["test"] = errors
         print_errors(f"test errors ({len(test)} frames)", errors, ds)
     model.info["train_seconds"] = time.perf_counter() - start
@@ -303,7 +303,7 @@ def cmd_test(args):
             keep = np.sort(np.random.default_rng(0).choice(keep, args.n, replace=False))
     validate_frames(ds.R, keep, ds.source, "test")
     ds = ds.subset(keep)
-    E_pred, F_pred = model.predict(ds.R)
+    E_pred, F_pred = model.predict(ds.R, validated=True)
     errors = error_table(E_pred if model.energy_constant is not None else None, F_pred, ds.E, ds.F)
     print_errors(f"{args.model} on {args.data} ({len(ds)} frames not used in training)", errors, ds)
     if plot:
@@ -339,7 +339,7 @@ def cmd_predict(args):
     else:
         check_same_species(z, model.z, str(path))
     validate_frames(R, np.arange(len(R)), str(path), "input")
-    E, F = model.predict(R)
+    E, F = model.predict(R, validated=True)  # the atom count is checked there, the rest was above
     if out:
         with atomic_writer(out) as fh:
             np.savez(fh, E=E, F=F, R=R)

@@ -109,17 +109,31 @@ def cusolver_cholesky_solve(K_device, y, lam, cupy):
 
 
 class CudaBackend:
-    """Training solve and prediction of one GDML model on the GPU."""
+    """The backend protocol (runtime/backends.py) on the GPU: assembly, solve and prediction
+    on the device.  Descriptors of training data and the contraction stay on the CPU face
+    ``cpu`` (as do predictions of joint energy+force models, which the CUDA kernels lack)."""
 
-    def __init__(self, descriptor, kernel):
-        from compiler.cuda_compiled import compile_cuda_model
+    device = "cuda"
+
+    def __init__(self, descriptor, kernel, cpu):
+        from compiler.build.cuda_compiled import compile_cuda_model
 
         self.model = compile_cuda_model(descriptor, kernel)
+        self.cpu = cpu
         self._K = None          # device training matrix, reused across sigmas
-        self._training = None   # (host DT, host BT, device DT, device BT)
+        self._training = None   # (training, device DT, device BT)
 
-    def solve(self, D, JAC, fperms, hyper, n_atoms, y, lam, K_host=None, progress=True):
-        """alpha = (K + lam I)^-1 y with K assembled on the device."""
+    def evaluate(self, R, z):
+        return self.cpu.evaluate(R, z)
+
+    def contract(self, JAC, V):
+        return self.cpu.contract(JAC, V)
+
+    def assemble(self, D, JAC, fperms, hyper, n_atoms, K=None, progress=True, energy_rows=False):
+        """The training matrix on the device (kept for solve()); ``K`` is the host buffer solve()
+        may copy it into."""
+        if energy_rows:
+            raise ValueError("energy constraints are not implemented in the CUDA kernels yet")
         m = D.shape[0]
         n3m = 3 * n_atoms * m
         if self._K is None or tuple(self._K.shape) != (n3m, n3m):
@@ -128,12 +142,16 @@ class CudaBackend:
         pairs = m * (m + 1) // 2
         with Progress(pairs, "assembly (cuda)", enabled=progress) as bar:
             self.model.assemble(D, JAC, fperms, hyper, n_atoms, out=self._K, progress=bar.update)
+
+    def solve(self, K_host, y, lam, progress=True):
+        """alpha = (K + lam I)^-1 y for the matrix assemble() left on the device: cuSOLVER
+        where CuPy can run, else the host solver on a copy (into ``K_host`` when given)."""
+        n3m = self._K.shape[0]
         cupy = cupy_or_none()
         if cupy is not None:
             self.model.cuda.synchronize()
             with step(f"cholesky on the GPU ({n3m} x {n3m})", enabled=progress):
                 return cusolver_cholesky_solve(self._K, y, lam, cupy)
-        # no CuPy: the host solver, on a host copy (into the caller's buffer when given)
         if K_host is None:
             K_host = np.empty((n3m, n3m))
         self._K.copy_to_host(K_host)
@@ -143,10 +161,22 @@ class CudaBackend:
         """Free the device training matrix (after training)."""
         self._K = None
 
-    def predict(self, R, z, DT, BT, hyper, n_atoms):
-        """Raw (E, F) (unscaled, no energy constant) for R (M, N, 3) on the device."""
-        if self._training is None or self._training[0] is not DT or self._training[1] is not BT:
-            self._training = (DT, BT, self.model.cuda.to_device(DT), self.model.cuda.to_device(BT))
-        DQ, JACQ = self.model.descriptor_device(R, z)
-        E, F = self.model.predict_device(DQ, JACQ, self._training[2], self._training[3], hyper, n_atoms)
+    def prepare(self, training):
+        if training.WT is not None:
+            return self.cpu.prepare(training)
+        if self._training is None or self._training[0] is not training:
+            to_device = self.model.cuda.to_device
+            self._training = (training, to_device(training.DT), to_device(training.BT))
+        return self._training
+
+    def predict(self, R, z, training):
+        """Raw (E, F) (unscaled, no energy constant) for validated R (M, N, 3) on the device."""
+        if training.WT is not None:
+            return self.cpu.predict(R, z, training)
+        _, DT, BT = self.prepare(training)
+        DQ, JACQ = self.model.descriptor_device(R, z, validated=True)
+        E, F = self.model.predict_device(DQ, JACQ, DT, BT, training.hyper, R.shape[1])
         return E.copy_to_host(), F.copy_to_host()
+
+    def matvec(self, D, JAC, fperms, hyper, V):
+        return self.model.matvec(D, JAC, fperms, hyper, V)

@@ -8,15 +8,21 @@ prediction never forms a 3N x 3N block.
 """
 from __future__ import annotations
 
+import dataclasses
+import time
+from contextlib import contextmanager
+
 import numpy as np
 
 from compiler import checks, compile_model
 from compiler.library import resolve
 
 from . import data, symmetry
-from .assembly import assemble, check_memory
+from .assembly import check_memory
+from .backends import make_backend
 from .progress import Progress
-from .solver import NonFiniteMatrixError, NotPositiveDefiniteError, check_finite_solution, cholesky_solve_inplace
+from .solver import NonFiniteMatrixError, NotPositiveDefiniteError, check_finite_solution
+from .trained import PermutedTraining, TrainedState
 
 MAX_JITTER_STEPS = 3  # lam grows 10x per retry before training gives up
 
@@ -60,10 +66,18 @@ class GDML:
     ``energy_constraints``: train on energies and forces jointly (sGDML's
     E_cstr): the system gains one row per training geometry whose label is
     its energy; otherwise energies only fix the integration constant.
+    ``on_stage``: called as on_stage(name, seconds) after each stage of fit() ("symmetries",
+    "descriptors", "assembly", "solve", "coefficients", "energy_constant", "validation"; a stage
+    repeated for several sigmas or lambdas is reported each time); the totals of the last fit
+    are in ``info["timings"]``.
+
+    What training produces is one value, ``state`` (runtime/trained.py); its fields read as
+    attributes (``model.sigma``, ``model.alpha``, ``model.z``, ...).
     """
 
     def __init__(self, descriptor="inverse_distances", kernel="matern52", sigma=None, lam=1e-10,
-                 symmetries="auto", progress=True, energy_constraints=False, device="cpu", hyper=None):
+                 symmetries="auto", progress=True, energy_constraints=False, device="cpu", hyper=None,
+                 on_stage=None):
         self.descriptor_dsl = resolve(descriptor, "descriptor")
         self.kernel_dsl = resolve(kernel, "kernel")
         self.lam = float(lam)
@@ -72,12 +86,13 @@ class GDML:
         self.symmetries = symmetries
         self.progress = progress
         self.energy_constraints = bool(energy_constraints)
-        self.energy_weights = None  # per training geometry, joint energy+force models only
+        self.on_stage = on_stage
         self.model = compile_model(self.descriptor_dsl, self.kernel_dsl)
         self.sigma_grid = self._grid(sigma)
         self.hyper_values = self._checked_hyper(hyper)
         self.info: dict = {}
-        self._trained = False
+        self._state, self._training = None, None
+        self._timings: dict = {}
         self.set_device(device)
 
     def set_device(self, device):
@@ -85,9 +100,48 @@ class GDML:
         that cannot be met prints why and keeps the CPU."""
         from . import cuda_backend
         self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints)
-        self._cuda = (cuda_backend.CudaBackend(self.descriptor_dsl, self.kernel_dsl)
-                      if self.device == "cuda" else None)
+        self.backend = make_backend(self.device, self.model, self.descriptor_dsl, self.kernel_dsl)
         return self
+
+    # ------------------------------------------------------------------ trained state
+    @property
+    def state(self) -> TrainedState | None:
+        """The trained state (None before training or after a failed fit)."""
+        return self._state
+
+    @state.setter
+    def state(self, state):
+        self._state = state
+        if state is None:
+            self._training = None
+            return
+        if not isinstance(state, TrainedState):
+            raise TypeError(f"state must be a TrainedState, got {type(state).__name__}")
+        self._install(state, self.model.feature_permutations(state.perms, state.n_atoms))
+
+    @property
+    def _trained(self) -> bool:
+        return self._state is not None
+
+    @property
+    def kernel_hyper(self) -> np.ndarray:
+        """The trained kernel's hyperparameter array (sigma and hyper=), as the kernels take it."""
+        self._required_state()
+        return self._training.hyper
+
+    def _required_state(self) -> TrainedState:
+        if self._state is None:
+            raise AttributeError("the model is not trained: call fit() or GDML.load()")
+        return self._state
+
+    def _replace_state(self, **values):
+        """The state with some values changed; values prediction only scales by (label_scale,
+        energy_constant, lam_used) keep the prepared training arrays."""
+        state = dataclasses.replace(self._required_state(), **values)
+        if set(values) <= {"label_scale", "energy_constant", "lam_used"}:
+            self._state = state
+        else:
+            self.state = state
 
     def _grid(self, sigma):
         if self.model.kernel.sigma_name is None:  # a kernel without hyperparameters: no sweep
@@ -120,29 +174,45 @@ class GDML:
         return self.model.kernel.hyper(**self.hyper_values, **self._sigma_value(sigma))
 
     # ------------------------------------------------------------------ training
-    def fit(self, R, F, E=None, z=None, valid=None):
+    def fit(self, R, F, E=None, z=None, valid=None, validated=False):
         """Train on geometries R (M, N, 3), forces F, optional energies E.
 
         ``valid``: (R, F, E) used to choose sigma when several are given.
-        Every array is validated before any work starts.  A sigma whose matrix, solution or
+        Every array is validated before any work starts (``validated``: the geometries R and
+        valid's R already passed checks.geometries, as the command line's do).  A sigma whose matrix, solution or
         validation error is not finite is skipped (noted in ``info["sigma_sweep"]``);
         TrainingError if none is finite.  A failed fit leaves the model untrained.
         Returns the model itself.
         """
-        R, F, E, z, valid = self._checked_inputs(R, F, E, z, valid)
+        R, F, E, z, valid = self._checked_inputs(R, F, E, z, valid, validated)
+        self._timings = {}
         try:
             self._fit(R, F, E, z, valid)
         except BaseException:
-            self._trained = False  # nothing half-trained can be saved or used
+            self.state = None  # nothing half-trained can be saved or used
             raise
+        self.info["timings"] = dict(self._timings)
         return self
 
-    def _checked_inputs(self, R, F, E, z, valid):
+    @contextmanager
+    def _stage(self, name):
+        """Time one stage of fit(): its total in info["timings"], and on_stage(name, seconds)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self._timings[name] = self._timings.get(name, 0.0) + seconds
+            if self.on_stage is not None:
+                self.on_stage(name, seconds)
+
+    def _checked_inputs(self, R, F, E, z, valid, validated=False):
         """Training and validation arrays, each validated once, before any assembly."""
         if z is None:
             raise ValueError("z (atomic numbers, shape (n_atoms,)) is required for training")
         R, F, E, z = data.checked_arrays(R, F, E, z, "training data")
-        checks.geometries(R, "training geometries")
+        if not validated:
+            checks.geometries(R, "training geometries")
         if self.energy_constraints and E is None:
             raise ValueError("energy_constraints=True needs training energies E")
         if len(self.sigma_grid) > 1 and valid is None:
@@ -154,28 +224,34 @@ class GDML:
             raise ValueError("valid must be a tuple (R, F) or (R, F, E)")
         Rv, Fv, Ev = (*valid, None)[:3]
         Rv, Fv, Ev, _ = data.checked_arrays(Rv, Fv, Ev, None, "validation data")
-        checks.geometries(Rv, "validation geometries", n_atoms=R.shape[1])
+        if not validated or Rv.shape[1] != R.shape[1]:
+            checks.geometries(Rv, "validation geometries", n_atoms=R.shape[1])
         return R, F, E, z, (Rv, Fv, Ev)
 
     def _fit(self, R, F, E, z, valid):
         m, n, _ = R.shape
-        self.z, self.R_train, self.n_atoms = z, R, n
-        self.perms = self._permutations(R, z)
-        fperms = self.model.feature_permutations(self.perms, n)
-        D, JAC, _ = self.model.descriptor.evaluate(R, z, validated=True)
-        self.label_scale = rms(F - np.mean(F)) or 1.0  # np.std(F), without overflow
+        with self._stage("symmetries"):
+            perms = self._permutations(R, z)
+        fperms = self.model.feature_permutations(perms, n)
+        with self._stage("descriptors"):
+            D, JAC = self.backend.evaluate(R, z)
+        label_scale = rms(F - np.mean(F)) or 1.0  # np.std(F), without overflow
+        # what every candidate shares; each sets alpha, B_train, sigma, lam and the energy constant
+        base = TrainedState(z=z, R_train=R, perms=perms, alpha=None, D_train=D, B_train=None,
+                            energy_weights=None, sigma=None, lam_used=None, label_scale=label_scale,
+                            energy_constant=None)
         y = F.ravel()
         if self.energy_constraints:
             # energy labels centred on their mean, which becomes the model's constant
             y = np.concatenate([y, E - np.mean(E)])
-        y = y / self.label_scale
+        y = y / label_scale
 
         check_memory(len(y))
         K = np.empty((len(y), len(y)))  # reused for every sigma: one matrix in memory
         sweep, best = [], None
         for sigma in self.sigma_grid:
             try:
-                result, alpha = self._candidate(K, D, JAC, fperms, sigma, y, R, E, valid)
+                result, alpha = self._candidate(base, K, JAC, fperms, sigma, y, E, valid)
             except (NonFiniteMatrixError, NonFiniteResultError) as exc:
                 self._report(f"sigma {sigma:g} skipped: {exc}")
                 sweep.append({"sigma": sigma, "skipped": f"sigma {sigma:g}: {exc}"})
@@ -186,30 +262,30 @@ class GDML:
             if valid is not None and _rising(sweep):
                 break  # as sGDML: stop once validation error rises
         del K
-        if self._cuda is not None:
-            self._cuda.release()  # the device training matrix
+        self.backend.release()  # a device training matrix
         if best is None:
             tried = ", ".join(f"{r['sigma']:g}" for r in sweep)
             raise TrainingError(f"no sigma gives a finite model (tried {tried}): " +
                                 "; ".join(r["skipped"] for r in sweep))
         result, alpha = best
-        self._set_coefficients(D, JAC, fperms, alpha, result["sigma"], result["lam"])
-        self._fit_energy_constant(R, E)
+        self._set_coefficients(base, JAC, fperms, alpha, result["sigma"], result["lam"])
+        self._fit_energy_constant(E)
         self.info.update({"sigma_sweep": sweep, "sigma": result["sigma"], "lam": result["lam"],
-                          "n_train": m, "n_perms": len(self.perms),
+                          "n_train": m, "n_perms": len(perms),
                           "energy_constraints": self.energy_constraints})
         if valid is not None:
             self.info["validation"] = {k: v for k, v in result.items() if k not in ("sigma", "lam")}
 
-    def _candidate(self, K, D, JAC, fperms, sigma, y, R, E, valid):
+    def _candidate(self, base, K, JAC, fperms, sigma, y, E, valid):
         """Train with one sigma: ({sigma, lam, validation errors}, alpha); NonFinite*Error if the
         matrix, the solution, a prediction or the validation error is not finite."""
-        alpha, lam = self._solve(K, D, JAC, fperms, sigma, y)
-        self._set_coefficients(D, JAC, fperms, alpha, sigma, lam)
-        self._fit_energy_constant(R, E)
+        alpha, lam = self._solve(K, base.D_train, JAC, fperms, sigma, y, base.n_atoms)
+        self._set_coefficients(base, JAC, fperms, alpha, sigma, lam)
+        self._fit_energy_constant(E)
         result = {"sigma": sigma, "lam": lam}
         if valid is not None:
-            result.update(self._evaluate_checked(*valid))
+            with self._stage("validation"):
+                result.update(self._evaluate_checked(*valid))
             self._report(f"sigma {sigma:g}: validation force MAE {result['force_mae']:.4g}")
         return result, alpha
 
@@ -228,24 +304,22 @@ class GDML:
             return symmetry.find_permutations(R, z, progress=self.progress)
         return symmetry.validate_permutations(self.symmetries, z)
 
-    def _solve(self, K, D, JAC, fperms, sigma, y):
+    def _solve(self, K, D, JAC, fperms, sigma, y, n_atoms):
         hyper = self._kernel_hyper(sigma)
         lam = self.lam
         for attempt in range(MAX_JITTER_STEPS + 1):
-            if self._cuda is None:  # the CUDA backend assembles on the device inside solve()
-                assemble(self.model, D, JAC, fperms, hyper, self.n_atoms, out=K, progress=self.progress,
-                         energy_rows=self.energy_constraints)
+            with self._stage("assembly"):
+                self.backend.assemble(D, JAC, fperms, hyper, n_atoms, K, progress=self.progress,
+                                      energy_rows=self.energy_constraints)
             try:
-                if self._cuda is not None:
-                    alpha = self._cuda.solve(D, JAC, fperms, hyper, self.n_atoms, y, lam, K, self.progress)
-                else:
-                    alpha = cholesky_solve_inplace(K, y, lam, progress=self.progress)
-                check_finite_solution(alpha)  # the CUDA solver does not check
+                with self._stage("solve"):
+                    alpha = self.backend.solve(K, y, lam, progress=self.progress)
+                    check_finite_solution(alpha)  # the CUDA solver does not check
                 return alpha, lam
             except NonFiniteMatrixError as exc:
                 # no retry: a larger lambda cannot make NaN finite
                 raise NonFiniteMatrixError(
-                    f"{exc}{self._matrix_entry(exc.row, exc.column, D.shape[0])} with lambda {lam:g}; "
+                    f"{exc}{self._matrix_entry(exc.row, exc.column, D.shape[0], n_atoms)} with lambda {lam:g}; "
                     "the kernel may be 0/0 or overflow at this sigma (e.g. at d = d')") from None
             except NotPositiveDefiniteError as exc:
                 if attempt == MAX_JITTER_STEPS:
@@ -255,11 +329,12 @@ class GDML:
                 lam = max(lam * 10, 1e-10)
                 self._report(f"matrix not positive definite: retrying with lambda = {lam:g}")
 
-    def _matrix_entry(self, row, column, m):
+    @staticmethod
+    def _matrix_entry(row, column, m, n_atoms):
         """' (training frame 3, atom 1 y with training frame 3, energy)' for a matrix entry, '' if None."""
         if row is None:
             return ""
-        n3 = 3 * self.n_atoms
+        n3 = 3 * n_atoms
 
         def describe(index):
             if index >= n3 * m:
@@ -268,82 +343,75 @@ class GDML:
             return f"training frame {frame}, atom {rest // 3} {'xyz'[rest % 3]}"
         return f" ({describe(row)} with {describe(column)})"
 
-    def _set_coefficients(self, D, JAC, fperms, alpha, sigma, lam):
-        m, n = D.shape[0], self.n_atoms
-        self.energy_weights = alpha[3 * n * m:] if self.energy_constraints else None
-        alpha = alpha[:3 * n * m].reshape(m, n, 3)
-        self.alpha, self.sigma, self.lam_used = alpha, float(sigma), float(lam)
-        self.D_train = D
-        self.B_train = self.model.contract(JAC, alpha)
-        self._prepare(fperms)
+    def _set_coefficients(self, base, JAC, fperms, alpha, sigma, lam):
+        """Install the state of one solution alpha (its energy constant comes next)."""
+        with self._stage("coefficients"):
+            m, n = base.D_train.shape[0], base.n_atoms
+            energy_weights = alpha[3 * n * m:] if self.energy_constraints else None
+            alpha = alpha[:3 * n * m].reshape(m, n, 3)
+            state = dataclasses.replace(base, alpha=alpha, B_train=self.backend.contract(JAC, alpha),
+                                        energy_weights=energy_weights, sigma=float(sigma), lam_used=float(lam),
+                                        energy_constant=0.0)
+            self._install(state, fperms)
 
-    def _prepare(self, fperms):
-        """Permuted training descriptors and coefficients, (M * P, F) each."""
-        f = self.D_train.shape[1]
-        self._DT = np.ascontiguousarray(self.D_train[:, fperms].reshape(-1, f))
-        self._BT = np.ascontiguousarray(self.B_train[:, fperms].reshape(-1, f))
-        self._side = self.model.prediction_side(self._DT, self._BT)
-        # the symmetric kernel sums over permuted copies: each copy carries its geometry's weight
-        self._WT = (None if self.energy_weights is None
-                    else np.repeat(np.asarray(self.energy_weights, np.float64), len(fperms)))
-        self._hyper = self._kernel_hyper(self.sigma)
-        self._trained = True
+    def _install(self, state, fperms):
+        """Make ``state`` the model's, with its permuted training arrays prepared for prediction."""
+        self._state = state
+        self._training = PermutedTraining.of(state, fperms, self._kernel_hyper(state.sigma))
+        self.backend.prepare(self._training)
 
-    def _fit_energy_constant(self, R, E):
-        self.energy_constant = 0.0
-        if E is None:
-            self.energy_constant = None
-            return
-        if self.energy_constraints:
-            self.energy_constant = float(np.mean(E))  # the energy labels were centred on it
-            return
-        E_pred, _ = self._predict_checked(R)
-        self.energy_constant = float(np.mean(E - E_pred))
+    def _fit_energy_constant(self, E):
+        with self._stage("energy_constant"):
+            if E is None:
+                constant = None
+            elif self.energy_constraints:
+                constant = float(np.mean(E))  # the energy labels were centred on it
+            else:
+                E_pred, _ = self._predict_checked(self._state.R_train)  # with the constant 0
+                constant = float(np.mean(E - E_pred))
+            self._replace_state(energy_constant=constant)
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, R, batch=2000, progress=None):
+    def predict(self, R, batch=2000, progress=None, validated=False):
         """Energies (M,) and forces (M, N, 3) for R (N, 3) or (M, N, 3).
 
-        Energies are relative (no constant) when the model was trained without energies."""
+        Energies are relative (no constant) when the model was trained without energies.
+        ``validated``: R (M, N, 3) already passed checks.geometries (with this model's atoms)."""
         if not self._trained:
             raise RuntimeError("the model is not trained: call fit() or GDML.load()")
-        R3, single = checks.geometries(R, "R", n_atoms=self.n_atoms)
+        if validated and np.ndim(R) == 3 and np.shape(R)[1] == self.n_atoms:
+            R3, single = np.ascontiguousarray(R, dtype=np.float64), False
+        else:
+            R3, single = checks.geometries(R, "R", n_atoms=self.n_atoms)
         E, F = self._predict_checked(R3, batch, progress)
         return (E[0], F[0]) if single else (E, F)
 
     def _predict_checked(self, R3, batch=2000, progress=False):
         """predict() for (M, N, 3) geometries already validated (training, validation data)."""
+        state = self._state
         E = np.empty(len(R3))
         F = np.empty(R3.shape)
         show = (self.progress if progress is None else progress) and len(R3) > batch
         with Progress(len(R3), "prediction", enabled=show) as bar:
             for start in range(0, len(R3), batch):
                 chunk = slice(start, start + batch)
-                if self._cuda is not None and self._WT is None:
-                    e, f = self._cuda.predict(R3[chunk], self.z, self._DT, self._BT, self._hyper, self.n_atoms)
-                    E[chunk], F[chunk] = e, f
-                    bar.update(len(e))
-                    continue
-                D, JAC, _ = self.model.descriptor.evaluate(R3[chunk], self.z, validated=True)
-                e, f = self.model.predict_parts(D, JAC, self._DT, self._BT, self._hyper, self.n_atoms,
-                                                side=self._side)
-                if self._WT is not None:
-                    self.model.add_energy_weight_terms(D, JAC, self._DT, self._WT, self._hyper, e, f)
-                E[chunk], F[chunk] = e, f
-                bar.update(len(D))
-        E *= self.label_scale
-        F *= self.label_scale
-        if self.energy_constant is not None:
-            E += self.energy_constant
+                E[chunk], F[chunk] = self.backend.predict(R3[chunk], state.z, self._training)
+                bar.update(len(R3[chunk]))
+        E *= state.label_scale
+        F *= state.label_scale
+        if state.energy_constant is not None:
+            E += state.energy_constant
         _check_finite_prediction(E, F)
         return E, F
 
-    def evaluate(self, R, F, E=None):
-        """Error table against reference forces (and energies)."""
+    def evaluate(self, R, F, E=None, validated=False):
+        """Error table against reference forces (and energies).  ``validated``: R already passed
+        checks.geometries (with this model's atoms)."""
         if not self._trained:
             raise RuntimeError("the model is not trained: call fit() or GDML.load()")
         R, F, E, _ = data.checked_arrays(R, F, E, None, "reference data")
-        checks.geometries(R, "reference geometries", n_atoms=self.n_atoms)
+        if not validated or R.shape[1] != self.n_atoms:
+            checks.geometries(R, "reference geometries", n_atoms=self.n_atoms)
         return self._evaluate_checked(R, F, E)
 
     def _evaluate_checked(self, R, F, E):
@@ -376,6 +444,22 @@ class GDML:
     def load(cls, path):
         from .model_file import load_model
         return load_model(cls, path)
+
+
+def _state_attribute(name):
+    """A TrainedState field read (and replaced) as a GDML attribute: model.sigma, model.alpha, ..."""
+    def get(self):
+        return getattr(self._required_state(), name)
+
+    def set_(self, value):
+        self._replace_state(**{name: value})
+    return property(get, set_, doc=f"the trained state's {name}")
+
+
+for _name in ("z", "R_train", "perms", "alpha", "D_train", "B_train", "energy_weights", "sigma", "lam_used",
+              "label_scale", "energy_constant"):
+    setattr(GDML, _name, _state_attribute(_name))
+GDML.n_atoms = property(lambda self: self._required_state().n_atoms, doc="atoms of the trained molecule")
 
 
 def _check_finite_prediction(E, F):

@@ -30,10 +30,11 @@ import numpy as np
 
 import compiler
 from compiler.atomic_io import atomic_writer
-from compiler.compiled import _atom_table
-from compiler.dsl import INDEX_SPACES, DSLFunction, StoredSource
+from compiler.dsl import DEFAULT_INDEX_SPACE, INDEX_SPACES, DSLFunction, StoredSource
 from compiler.errors import CompileError, DSLError
-from compiler.parser import module_constants, parse_descriptor, parse_kernel
+from compiler.front.parser import module_constants, parse_descriptor, parse_kernel
+
+from .trained import TrainedState
 
 FORMAT = "gdmlc-model"
 FORMAT_VERSION = 2
@@ -51,23 +52,24 @@ class ModelFileError(ValueError):
 
 def save_model(model, path):
     """Write ``model`` to ``path`` atomically: the previous file stays intact until the new one is complete."""
-    if not model._trained:
+    state = model.state
+    if state is None:
         raise RuntimeError("nothing to save: the model is not trained")
     arrays = {
         "format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
         "compiler_version": np.array(compiler.__version__),
-        "sigma": np.array(model.sigma), "lam": np.array(model.lam_used),
-        "perms": model.perms, "z": model.z, "R_train": model.R_train, "alpha": model.alpha,
-        "D_train": model.D_train, "B_train": model.B_train,
-        "label_scale": np.array(model.label_scale),
-        "energy_constant": np.array(np.nan if model.energy_constant is None else model.energy_constant),
+        "sigma": np.array(state.sigma), "lam": np.array(state.lam_used),
+        "perms": state.perms, "z": state.z, "R_train": state.R_train, "alpha": state.alpha,
+        "D_train": state.D_train, "B_train": state.B_train,
+        "label_scale": np.array(state.label_scale),
+        "energy_constant": np.array(np.nan if state.energy_constant is None else state.energy_constant),
         "info": np.array(json.dumps(model.info, default=_jsonable)),
         "hyper": np.array(json.dumps({k: float(v) for k, v in model.hyper_values.items()})),
     }
     for kind, dsl in zip(KINDS, (model.descriptor_dsl, model.kernel_dsl)):
         arrays.update(_function_arrays(dsl, kind))
-    if model.energy_weights is not None:
-        arrays["energy_weights"] = np.asarray(model.energy_weights)
+    if state.energy_weights is not None:
+        arrays["energy_weights"] = np.asarray(state.energy_weights)
     arrays[CHECKSUM_KEY] = np.array(checksum(arrays))
     with atomic_writer(Path(path)) as fh:
         np.savez(fh, **arrays)
@@ -283,7 +285,7 @@ def _safe_text(text: str) -> str:
 # --------------------------------------------------------------------------- format 1: whole module text
 
 _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_DSL_NAMES = {"pi": math.pi, "pairs": "pairs", "neighbours": "neighbours"}  # what compiler.dsl exports as data
+_DSL_NAMES = {"pi": math.pi, **{name: name for name in INDEX_SPACES}}  # what compiler.dsl exports as data
 
 
 def format1_function(kind: str, module_text, name) -> DSLFunction:
@@ -304,7 +306,7 @@ def format1_function(kind: str, module_text, name) -> DSLFunction:
     meta = {"name": name, "kind": kind, "over": None, "params": {}, "default_sigmas": None,
             "constants": constants, "filename": f"<{kind} {name} of a format-1 model file>", "first_line": first}
     if kind == "descriptor":
-        meta["over"] = "pairs"  # the decorator's default
+        meta["over"] = DEFAULT_INDEX_SPACE.name  # the decorator's default
         meta.update(_decorator_arguments(fdef, values))
     return restore_function(kind, "".join(lines[first - 1:fdef.end_lineno]), meta)
 
@@ -520,7 +522,7 @@ def _checked_arrays(stored) -> dict:
 def _check_features(arrays, descriptor):
     """D_train and B_train have as many features as the descriptor gives for these atoms (before compiling)."""
     lengths = [len(v) for v in descriptor.params.values() if isinstance(v, list)]
-    n_features = len(_atom_table(descriptor.over.name, len(arrays["z"]), lengths[0] if lengths else 1))
+    n_features = descriptor.over.n_features(len(arrays["z"]), lengths[0] if lengths else 1)
     for key in ("D_train", "B_train"):
         if arrays[key].shape[1] != n_features:
             raise ModelFileError(f"{key!r} has {arrays[key].shape[1]} features per geometry, but "
@@ -535,12 +537,12 @@ def _build_model(cls, arrays, descriptor, kernel):
         fperms = model.model.feature_permutations(arrays["perms"], len(arrays["z"]))
     except (DSLError, CompileError, ValueError, TypeError) as exc:
         raise ModelFileError(f"the stored descriptor and kernel do not compile: {exc}") from None
-    model.z, model.R_train, model.alpha = arrays["z"], arrays["R_train"], arrays["alpha"]
-    model.perms, model.n_atoms = arrays["perms"], len(arrays["z"])
-    model.D_train, model.B_train = arrays["D_train"], arrays["B_train"]
-    model.energy_weights = arrays["energy_weights"]  # None: a forces-only model
-    model.energy_constraints = model.energy_weights is not None
-    model.label_scale, model.lam_used, model.sigma = arrays["label_scale"], arrays["lam"], arrays["sigma"]
-    model.energy_constant, model.info = arrays["energy_constant"], arrays["info"]
-    model._prepare(fperms)
+    state = TrainedState(z=arrays["z"], R_train=arrays["R_train"], perms=arrays["perms"], alpha=arrays["alpha"],
+                         D_train=arrays["D_train"], B_train=arrays["B_train"],
+                         energy_weights=arrays["energy_weights"],  # None: a forces-only model
+                         sigma=arrays["sigma"], lam_used=arrays["lam"], label_scale=arrays["label_scale"],
+                         energy_constant=arrays["energy_constant"])
+    model.energy_constraints = state.energy_constraints
+    model.info = arrays["info"]
+    model._install(state, fperms)
     return model

@@ -21,7 +21,7 @@ def arr(ndim, dtype=float64):
     return types.Array(dtype, ndim, "C")
 
 
-# argument types of each kernel, as the wrapper (compiler/cuda_compiled.py) launches it
+# argument types of each kernel, as the wrapper (compiler/build/cuda_compiled.py) launches it
 SIGNATURES = {
     "descriptor_many": (arr(3), arr(1), arr(2), arr(2, int64), arr(2), arr(4)),
     "block_coefficients": (arr(2), arr(2, int64), arr(1), arr(1, int64), arr(1, int64), arr(3)),
@@ -51,7 +51,7 @@ def main():
         compute_capability = COMPUTE_CAPABILITY
 
     dispatcher.get_current_device = lambda: NoGpu()
-    from compiler.cuda_compiled import compile_cuda_model
+    from compiler.build.cuda_compiled import compile_cuda_model
 
     for d, k in [(d, k) for d, k, _ in cuda_sim_checks.COMBINATIONS] + LIBRARY:
         cm = compile_cuda_model(d, k)

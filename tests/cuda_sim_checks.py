@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from compiler.dsl import descriptor, dot, exp, kernel, norm, sqdist  # noqa: E402
 from numeric import rel  # noqa: E402
+from runtime.prediction import predict_parts  # noqa: E402
 
 
 @descriptor(over="neighbours", params={"eta": [0.5, 2.0]})
@@ -54,7 +55,7 @@ def geometries(rng, m, n):
 
 
 def kernel_checks(out):
-    from compiler.cuda_compiled import compile_cuda_model
+    from compiler.build.cuda_compiled import compile_cuda_model
     from runtime.assembly import interleaved_rows
 
     rng = np.random.default_rng(5)
@@ -94,7 +95,7 @@ def kernel_checks(out):
             DQ, JQ, _ = cm.evaluate(Q, z)
             E, F = cm.predict_parts(DQ, JQ, DT, BT, h, n)
             DQc, JQc, _ = cm.cpu.descriptor.evaluate(Q, z)
-            Ec, Fc = cm.cpu.predict_parts(DQc, JQc, DT, BT, h, n)
+            Ec, Fc = predict_parts(cm.cpu, DQc, JQc, DT, BT, h, n)
             out[f"{name}: prediction energies, {label}"] = rel(E, Ec)
             out[f"{name}: prediction forces, {label}"] = rel(F, Fc)
     try:  # feature permutations of the wrong length would make the kernel read out of bounds
@@ -155,8 +156,8 @@ def model_checks(out):
     except ValueError as exc:
         out["nan_error"] = str(exc)
     try:
-        models["cuda"]._cuda.model.matvec(np.zeros((2, 6)), np.zeros((2, 6, 2, 3)), np.zeros((1, 6), np.int64),
-                                          models["cuda"]._hyper, np.zeros(7))
+        models["cuda"].backend.matvec(np.zeros((2, 6)), np.zeros((2, 6, 2, 3)), np.zeros((1, 6), np.int64),
+                                      models["cuda"].kernel_hyper, np.zeros(7))
         out["matvec_shape_error"] = "no error"
     except ValueError as exc:
         out["matvec_shape_error"] = str(exc)

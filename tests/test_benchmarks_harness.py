@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import harness, report
+from benchmarks import harness, measure, records, report
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = ("gdmlc", "jax_contraction", "jax_dense")
@@ -43,7 +43,7 @@ def tiny_run(tmp_path_factory):
 
 def test_json_holds_the_run(tiny_run):
     run, _, _, _ = tiny_run
-    assert run["schema"] == harness.SCHEMA
+    assert run["schema"] == records.SCHEMA
     assert run["command"].startswith("python -m benchmarks run --systems gdmlc,jax")
     assert run["machine"]["nproc"] >= 1 and run["versions"]["numpy"] == np.__version__
     for key in ("memory_bandwidth", "dgemm", "dpotrf"):
@@ -102,14 +102,14 @@ def test_markdown_and_plots(tiny_run):
 def test_compare_predictions():
     rng = np.random.default_rng(0)
     E, F = rng.normal(size=5), rng.normal(size=(5, 3, 3))
-    same = harness.compare_predictions({"a": (E, F), "b": (E.copy(), F.copy())})
+    same = records.compare_predictions({"a": (E, F), "b": (E.copy(), F.copy())})
     assert same["status"] == "pass" and same["max_rel"] == 0
-    shifted = harness.compare_predictions({"a": (E, F), "b": (E + 1e-3 * np.ptp(E), F)})
+    shifted = records.compare_predictions({"a": (E, F), "b": (E + 1e-3 * np.ptp(E), F)})
     assert shifted["status"] == "FAIL" and shifted["pairs"][0]["energy_rel"] == pytest.approx(1e-3)
     F_nan = F.copy()
     F_nan[0, 0, 0] = np.nan
-    assert harness.compare_predictions({"a": (E, F), "b": (E, F_nan)})["status"] == "FAIL"
-    assert harness.compare_predictions({"a": (E, F)})["status"] == "not compared"
+    assert records.compare_predictions({"a": (E, F), "b": (E, F_nan)})["status"] == "FAIL"
+    assert records.compare_predictions({"a": (E, F)})["status"] == "not compared"
 
 
 def test_sizes_that_do_not_fit_are_skipped(tmp_path, monkeypatch):
@@ -133,13 +133,68 @@ def test_sizes_that_do_not_fit_are_skipped(tmp_path, monkeypatch):
 
 def test_merge_runs_pools_samples():
     def one(train, secs, peak):
-        return {"status": "ok", "timings": {"train_s": harness.summary([train])},
+        return {"status": "ok", "timings": {"train_s": measure.summary([train])},
                 "throughput": {"10": {"batch": 10, "status": "ok", "seconds_per_call": secs,
                                       "geometries_per_s": 10 / np.median(secs)}},
                 "peak_rss_bytes": peak, "errors": {"force_mae": 1.0}, "notes": ["n"]}
-    merged = harness.merge_runs([one(1.0, [0.1], 5), one(3.0, [0.3], 7), one(2.0, [0.2], 6)])
+    merged = records.merge_runs([one(1.0, [0.1], 5), one(3.0, [0.3], 7), one(2.0, [0.2], 6)])
     assert merged["timings"]["train_s"] == {"samples": [1.0, 3.0, 2.0], "median": 2.0}
     assert merged["throughput"]["10"]["geometries_per_s"] == pytest.approx(50.0)
     assert merged["peak_rss_bytes"] == 7 and merged["rounds"] == 3 and merged["notes"] == ["n"]
-    failed = harness.merge_runs([one(1.0, [0.1], 5), {"status": "failed", "reason": "boom"}])
+    failed = records.merge_runs([one(1.0, [0.1], 5), {"status": "failed", "reason": "boom"}])
     assert failed["status"] == "failed" and failed["rounds_ok"] == 1
+
+
+# a stand-in for the start-up children: "builds" (writes a marker into GDMLC_GENERATED_DIR) when
+# the marker is absent, so that the first of a pair builds and the second finds it cached
+PAIR_CHILD = r"""
+import json, os, sys
+marker = os.path.join(os.environ["GDMLC_GENERATED_DIR"], "built")
+built = not os.path.exists(marker) and sys.argv[2] == "build"
+open(marker, "a").close()
+print("TAG " + json.dumps({"seconds": 1.0 if built else 0.25, "built_now": built}))
+"""
+
+
+def test_first_and_cached_pairs_a_build_with_a_cached_start():
+    from benchmarks.startup import first_and_cached, per_key
+    logged = []
+    first, cached, invalid = first_and_cached(PAIR_CHILD, {"x": np.zeros(2)}, ["build"], 2, "TAG",
+                                              lambda k, a, b: logged.append(k), retry_invalid=False)
+    assert [r["built_now"] for r in first] == [True, True] and [r["built_now"] for r in cached] == [False, False]
+    assert invalid == [] and logged == [1, 2]
+    assert all(r["process_wall_s"] > 0 for r in first + cached)
+    assert per_key(first, sum) == {"seconds": 2.0, "process_wall_s": sum(r["process_wall_s"] for r in first)}
+
+
+def test_first_and_cached_rejects_or_retries_a_pair_that_did_not_build():
+    from benchmarks.startup import first_and_cached
+    with pytest.raises(RuntimeError, match="not a first-compile / cached pair: built_now False then False"):
+        first_and_cached(PAIR_CHILD, {"x": np.zeros(2)}, ["never"], 1, "TAG", None, retry_invalid=False)
+    first, cached, invalid = first_and_cached(PAIR_CHILD, {"x": np.zeros(2)}, ["never"], 1, "TAG", None,
+                                              retry_invalid=True)
+    assert first == cached == [] and len(invalid) == 2  # retried once, both pairs kept apart
+
+
+def test_cpu_model_is_the_model_name_line_of_proc_cpuinfo():
+    from benchmarks.environment import cpu_model
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.lower().startswith("model name")]
+    assert cpu_model() == (names[0] if names else None)
+
+
+def test_openblas_threads_sets_the_variable_inside_and_restores_it(monkeypatch):
+    import os
+
+    from benchmarks.environment import openblas_threads
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    with openblas_threads(1):
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    with openblas_threads(None):
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "2"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "2"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    with pytest.raises(ValueError):
+        with openblas_threads(4):
+            raise ValueError("the run failed")
+    assert "OPENBLAS_NUM_THREADS" not in os.environ

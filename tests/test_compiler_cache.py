@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import compiler
-from compiler import cache
+from compiler.build import cache
 
 DSL_TEMPLATE = '''\
 """A small descriptor for the cache tests."""

@@ -112,6 +112,14 @@ def hand_exponential_decay(R, z=None):
     return jnp.exp(-r / 1.0)
 
 
+ERF_A = 1.0
+
+
+def hand_erf_coulomb(R, z=None):
+    r, _, _ = _pair_distances(R)
+    return jax.scipy.special.erf(r / ERF_A) / r
+
+
 def hand_radial_g2(R, z=None):
     """G2_i,c = sum_{j != i} exp(-eta_c (r_ij - rs_c)^2) f_c(r_ij): atom-major, channels fastest."""
     n = R.shape[0]
@@ -125,7 +133,8 @@ def hand_radial_g2(R, z=None):
 
 
 HAND_DESCRIPTORS = {"inverse_distances": hand_inverse_distances, "coulomb_matrix": hand_coulomb_matrix,
-                    "exponential_decay": hand_exponential_decay, "radial_g2": hand_radial_g2}
+                    "exponential_decay": hand_exponential_decay, "radial_g2": hand_radial_g2,
+                    "erf_coulomb": hand_erf_coulomb}
 
 
 def hand_matern52(d, dp, sigma):
@@ -159,6 +168,8 @@ def test_reference_parameters_match_library():
     assert list(radial_g2.params["rs"]) == G2_RS
     assert radial_g2.params["rc"] == G2_RC
     assert exponential_decay.params == {"r0": 1.0}
+    from descriptors.erf_coulomb import erf_coulomb
+    assert erf_coulomb.params == {"a": ERF_A}
     assert set(HAND_DESCRIPTORS) == set(LIBRARY_DESCRIPTORS)
     assert set(HAND_KERNELS) == set(LIBRARY_KERNELS)
 

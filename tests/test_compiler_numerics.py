@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import ad, compile_descriptor, compile_kernel, compile_model, ir
+from compiler import compile_descriptor, compile_kernel, compile_model
+from compiler.middle import ad, ir
 from compiler.cli import main as compiler_cli
 from compiler.errors import DSLError
 from compiler.library import load_file
-from compiler.verify import TOLERANCE, check_model, random_geometry, relative_error
+from compiler.build.verify import TOLERANCE, check_model, random_geometry, relative_error
 
 from numeric import rel
 

@@ -161,9 +161,9 @@ def test_rule_table_cuda_column():
 
     import numpy as np
 
-    from compiler import ir
-    from compiler.lower import spell
-    from compiler.primitives import PRIMITIVES
+    from compiler.middle import ir
+    from compiler.targets.spelling import spell
+    from compiler.middle.primitives import PRIMITIVES
 
     assert all(p.cuda for p in PRIMITIVES.values())
     assert PRIMITIVES["log"].cuda == PRIMITIVES["log"].numba  # default: the Numba spelling

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import runtime
-from compiler import cache
+from compiler.build import cache
 from runtime import model_file
 from runtime.model_file import ModelFileError
 

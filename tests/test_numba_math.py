@@ -4,7 +4,7 @@ import math
 import numpy as np
 from numba import njit
 
-from compiler.numba_math import EXP_OVERFLOW, EXP_UNDERFLOW, vexp
+from compiler.targets.numba_math import EXP_OVERFLOW, EXP_UNDERFLOW, vexp
 
 
 @njit(error_model="numpy")

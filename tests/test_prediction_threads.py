@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import runtime
-from compiler import compiled
+from compiler.build import compiled
 from runtime.data import DEFAULT_DATA
 
 from numeric import rel
@@ -154,7 +154,8 @@ def test_one_geometry_at_a_time_equals_the_plain_loop(ds, forces_model):
     R = ds.R[QUERIES]
     E1, F1 = _one_at_a_time(model, R)
     D, JAC, _ = model.model.descriptor.evaluate(R, ds.z)
-    Ed, Fd = model.model.predict_parts_direct(D, JAC, model._DT, model._BT, model._hyper, model.n_atoms)
+    training = model._training
+    Ed, Fd = model.model.predict_parts_direct(D, JAC, training.DT, training.BT, training.hyper, model.n_atoms)
     assert rel(F1, Fd * model.label_scale) <= PATH_TOLERANCE
     Ed = Ed * model.label_scale
     assert rel(E1 - E1.mean(), Ed - Ed.mean()) <= PATH_TOLERANCE

@@ -14,6 +14,7 @@ close to the 1e-8 requirement; at sigma = 10 they agree to ~1e-9.  The
 training matrices themselves are compared directly (1e-12), which is not
 subject to conditioning.
 """
+import dataclasses
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 import runtime
+from runtime import prediction
 from runtime.assembly import assemble
 from runtime.data import DatasetError
 from runtime.model_file import ModelFileError
@@ -126,8 +128,9 @@ def test_predictions_match_reference(ds, models, references, kind, frames):
     assert model.energy_constant == pytest.approx(reference.energy_constant, rel=1e-8)
     # predict() takes one of two paths by batch size (10 frames here): both against the reference
     D, JAC, _ = model.model.descriptor.evaluate(ds.R[idx], ds.z)
-    for path in (model.model.predict_parts_batched, model.model.predict_parts_tiled):
-        E_p, F_p = path(D, JAC, model._DT, model._BT, model._hyper, N_ATOMS)
+    training = model._training  # the permuted training arrays prediction reads
+    for path in (prediction.predict_parts_batched, prediction.predict_parts_tiled):
+        E_p, F_p = path(model.model, D, JAC, training.DT, training.BT, training.hyper, N_ATOMS)
         assert rel(F_p * model.label_scale, F_ref) <= 1e-8
         E_p = E_p * model.label_scale + model.energy_constant
         assert rel(E_p - E_p.mean(), E_ref - E_ref.mean()) <= 1e-7
@@ -452,11 +455,12 @@ def test_energy_constrained_predictions_match_reference(ds, ecstr_models, kind, 
     assert rel(E - E.mean(), E_ref - E_ref.mean()) <= 1e-7  # as the forces-only test: spread ~4 kcal/mol
     assert model.energy_constant == reference.energy_constant == pytest.approx(np.mean(ds.E[TRAIN_ECSTR]))
     # the energy weights matter: dropping them changes the prediction well beyond the tolerance
-    WT, model._WT = model._WT, None
+    state = model.state
+    model.state = dataclasses.replace(state, energy_weights=None)
     try:
         E_forces_only, F_forces_only = model.predict(ds.R[idx])
     finally:
-        model._WT = WT
+        model.state = state
     assert rel(F_forces_only, F_ref) > 1e-4 and rel(E_forces_only - E_forces_only.mean(), E_ref - E_ref.mean()) > 1e-4
 
 

@@ -16,7 +16,7 @@ import runtime
 import runtime.model as model_module
 from compiler import checks
 from compiler.errors import CompileError, DSLError
-from runtime import assembly
+from runtime import assembly, backends
 from runtime.model import GDML, NonFiniteResultError, TrainingError, rms
 from runtime.solver import NonFiniteMatrixError, check_finite_solution, cholesky_lower_inplace, \
     cholesky_solve_inplace
@@ -111,8 +111,8 @@ def test_a_sigma_whose_matrix_is_nan_fails_clearly_and_leaves_no_model(ds, tmp_p
 def test_lambda_is_not_escalated_for_a_nan_matrix(ds, monkeypatch):
     """A NaN matrix is assembled once per sigma: a larger lambda cannot make it finite."""
     calls = []
-    original = model_module.assemble
-    monkeypatch.setattr(model_module, "assemble", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = backends.assemble  # the CPU backend's assembly
+    monkeypatch.setattr(backends, "assemble", lambda *a, **k: calls.append(1) or original(*a, **k))
     with pytest.raises(TrainingError, match="tried 1e-200, 1e-150"):
         _model(sigma=[1e-200, 1e-150]).fit(*_train(ds), valid=_valid(ds))
     assert len(calls) == 2
@@ -223,7 +223,7 @@ def test_validation_arrays_are_checked_before_any_work(ds, monkeypatch, case):
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started before the validation data was checked")
-    monkeypatch.setattr(model_module, "assemble", must_not_run)
+    monkeypatch.setattr(backends, "assemble", must_not_run)
     monkeypatch.setattr(model.model.descriptor, "evaluate", must_not_run)
     with pytest.raises(ValueError, match=message):
         model.fit(*_train(ds), valid=valid)
@@ -364,10 +364,10 @@ def test_check_memory_refuses_a_matrix_beyond_a_real_rlimit_as():
 def test_benchmarks_read_proc_through_the_runtime():
     """One reader of /proc memory fields: the benchmark helpers give MemTotal as parsed here."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import floors, harness
+    from benchmarks import environment, floors, measure
     total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
-    assert floors._memory_bytes() == harness.machine_fallback()["ram_bytes"] == total
-    assert 0 < harness.current_rss_bytes() <= harness.peak_rss_bytes()
+    assert floors._memory_bytes() == environment.machine()["ram_bytes"] == total
+    assert 0 < measure.current_rss_bytes() <= measure.peak_rss_bytes()
 
 
 # --------------------------------------------------------------------------- the command line

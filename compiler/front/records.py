@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ir
-from .dsl import IndexSpace
+from compiler.middle import ir
+from compiler.dsl import IndexSpace, pairs
 
 S, T = "s", "t"  # the kernel's reduction variables
 
@@ -33,7 +33,7 @@ class DescriptorIR:
     over: IndexSpace
     z_args: tuple       # which of 'zi', 'zj' the body uses
     param_names: tuple  # in signature order
-    body: ir.Expr       # in variables ri_0..ri_2, rj_0..rj_2, zi, zj, params
+    body: ir.Expr       # in the space's variables (ri_0..ri_2, rj_0..rj_2, zi, zj) and params
     body_line: int      # line of the return statement
 
 
@@ -46,7 +46,8 @@ class KernelIR:
     body_line: int
 
 
-POSITION_VARS = tuple(f"r{a}_{k}" for a in "ij" for k in range(3))
+# a two-atom term's position variables (ri_0 .. rj_2), for tests; compiler code asks its index space
+POSITION_VARS = pairs.position_vars
 USER_PREFIX = "u_"  # no name the compiler generates starts with it
 
 

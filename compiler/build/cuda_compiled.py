@@ -1,6 +1,6 @@
 """The CUDA face of a compiled model: the generated CUDA module plus its launches.
 
-Mirrors :class:`compiler.compiled.CompiledModel` (descriptor evaluation,
+Mirrors :class:`compiler.build.compiled.CompiledModel` (descriptor evaluation,
 training-matrix assembly, prediction from precontracted coefficients,
 contraction) and adds the matrix-free product v -> C v.  Inputs are checked
 on the host by the same functions as on the CPU path, so bad input fails with
@@ -15,12 +15,14 @@ import time
 
 import numpy as np
 
-from . import cache, checks, cuda_codegen
-from .analysis import descriptor_program, kernel_program
-from .compiled import (CompiledModel, _descriptor_metadata, _kernel_metadata, _params_table,
+from compiler.build import cache
+from compiler import checks
+from compiler.targets import numba_cuda
+from compiler.middle.analysis import descriptor_program, kernel_program
+from compiler.build.compiled import (CompiledModel, _descriptor_metadata, _kernel_metadata, _params_table,
                        _source_key, compile_model)
-from .library import resolve
-from .parser import parse_descriptor, parse_kernel
+from compiler.library import resolve
+from compiler.front.parser import parse_descriptor, parse_kernel
 
 THREADS_2D = (8, 16)      # threads per block of the 2D grids, (x, y): x is the fastest-varying index
 SIMULATOR_REDUCE_THREADS = 2  # the simulator runs a Python thread per CUDA thread: keep blocks small
@@ -126,9 +128,11 @@ class CudaCompiledModel:
         return self._constants[key]
 
     # ------------------------------------------------------------------ descriptor
-    def descriptor_device(self, R, z=None):
-        """(D (M, F), JAC (M, F, K, 3)) on the device for R (N, 3) or (M, N, 3)."""
-        R3, _ = checks.geometries(R)
+    def descriptor_device(self, R, z=None, validated=False):
+        """(D (M, F), JAC (M, F, K, 3)) on the device for R (N, 3) or (M, N, 3).
+
+        ``validated``: R is already a checks.geometries() result (the runtime checks each input once)."""
+        R3 = R if validated else checks.geometries(R)[0]
         m, n, _ = R3.shape
         zf = self.descriptor._z(z, n)
         atoms, _ = self.tables(n)
@@ -142,8 +146,8 @@ class CudaCompiledModel:
 
     def evaluate(self, R, z=None):
         """(D, JAC, single) on the host, as CompiledDescriptor.evaluate."""
-        _, single = checks.geometries(R)
-        D, JAC = self.descriptor_device(R, z)
+        R3, single = checks.geometries(R)
+        D, JAC = self.descriptor_device(R3, z, validated=True)
         return D.copy_to_host(), JAC.copy_to_host(), single
 
     # ------------------------------------------------------------------ assembly
@@ -169,7 +173,7 @@ class CudaCompiledModel:
         inverse = self._constant(inverse, np.int64)
         pair_i, pair_j = block_pairs(m)
         n_perms = fperms.shape[0]
-        coef = self.cuda.device_array((min(ASSEMBLY_PAIRS, len(pair_i)), n_perms, 5))
+        coef = self.cuda.device_array((min(ASSEMBLY_PAIRS, len(pair_i)), n_perms, len(self.module.KERNEL_PARTIALS)))
         for start in range(0, len(pair_i), ASSEMBLY_PAIRS):
             pi = self.cuda.to_device(pair_i[start:start + ASSEMBLY_PAIRS])
             pj = self.cuda.to_device(pair_j[start:start + ASSEMBLY_PAIRS])
@@ -284,7 +288,7 @@ def compile_cuda_model(descriptor, kernel) -> CudaCompiledModel:
     def build():
         dprog, kprog = descriptor_program(dir_), kernel_program(kir)
         metadata = {**_descriptor_metadata(dir_, dprog), **_kernel_metadata(kir, kprog), "target": "cuda"}
-        return cuda_codegen.module_source(dir_, dprog, kir, kprog, metadata)
+        return numba_cuda.module_source(dir_, dprog, kir, kprog, metadata)
 
     start = time.perf_counter()
     key = cache.content_hash("cuda", _source_key(ddsl, table), _source_key(kdsl))

@@ -8,9 +8,11 @@ reductions they need are computed.
 """
 from __future__ import annotations
 
-from .analysis import DescriptorProgram, KernelProgram
-from .lower import program_lines
-from .records import POSITION_VARS, DescriptorIR, KernelIR, user_var
+from compiler.middle import ir
+from compiler.middle.analysis import DescriptorProgram, KernelProgram
+from compiler.targets.spelling import program_lines
+from compiler.middle.structure import Matrix, Vector, component, spell
+from compiler.front.records import DescriptorIR, KernelIR, user_var
 
 NJIT = "@njit(cache=True, error_model='numpy')"
 NJIT_PARALLEL = "@njit(cache=True, parallel=True, error_model='numpy')"
@@ -39,54 +41,20 @@ def unpack_lines(names, array) -> list:
 # --------------------------------------------------------------------------- descriptor
 
 def descriptor_source(dir_: DescriptorIR, prog: DescriptorProgram) -> list:
-    out_names = ["value"] + [f"d_{v}" for v in POSITION_VARS]
-    args = ", ".join(POSITION_VARS) + ", zi, zj, params"
+    space = dir_.over
+    out_names = ["value"] + [f"d_{v}" for v in space.position_vars]
+    args = ", ".join([*space.position_vars, *space.z_vars, "params"])
     lines = [*quote_source(dir_.source), NJIT, f"def site_term({args}):",
-             f'    """One feature term of {dir_.source.name} and its gradient in ri and rj '
+             f'    """One feature term of {dir_.source.name} and its gradient in {" and ".join(space.position_args)} '
              f'(from {dir_.source.filename}:{dir_.body_line})."""']
     lines += unpack_lines(dir_.param_names, "params")
     lines += program_lines(prog.term, "numba", out_names)
     lines += [f"    return {', '.join(out_names)}", "", ""]
-    call = ("site_term(R[i, 0], R[i, 1], R[i, 2], R[j, 0], R[j, 1], R[j, 2], "
-            "z[i], z[j], params[c])")
-    if dir_.over.name == "pairs":
-        lines += [NJIT, "def descriptor_one(R, z, params, d, jac):",
-                  '    """Features d (F,) and sparse Jacobian jac (F, 2, 3) of one geometry R (N, 3);',
-                  '    feature (pair i<j, channel c) touches atoms i (slot 0) and j (slot 1)."""',
-                  "    n = R.shape[0]",
-                  "    f = 0",
-                  "    for i in range(n):",
-                  "        for j in range(i + 1, n):",
-                  "            for c in range(params.shape[0]):",
-                  f"                v, a0, a1, a2, b0, b1, b2 = {call}",
-                  "                d[f] = v",
-                  "                jac[f, 0, 0] = a0", "                jac[f, 0, 1] = a1", "                jac[f, 0, 2] = a2",
-                  "                jac[f, 1, 0] = b0", "                jac[f, 1, 1] = b1", "                jac[f, 1, 2] = b2",
-                  "                f += 1", "", ""]
-    else:
-        lines += [NJIT, "def descriptor_one(R, z, params, d, jac):",
-                  '    """Features d (F,) and sparse Jacobian jac (F, N, 3) of one geometry R (N, 3);',
-                  '    feature (atom i, channel c) sums the term over neighbours j != i and touches',
-                  '    atom i (slot 0) and every neighbour j (slots 1.., in atom order)."""',
-                  "    n = R.shape[0]",
-                  "    f = 0",
-                  "    for i in range(n):",
-                  "        for c in range(params.shape[0]):",
-                  "            total = 0.0",
-                  "            gi0 = 0.0", "            gi1 = 0.0", "            gi2 = 0.0",
-                  "            slot = 1",
-                  "            for j in range(n):",
-                  "                if j == i:",
-                  "                    continue",
-                  f"                v, a0, a1, a2, b0, b1, b2 = {call}",
-                  "                total += v",
-                  "                gi0 += a0", "                gi1 += a1", "                gi2 += a2",
-                  "                jac[f, slot, 0] = b0", "                jac[f, slot, 1] = b1",
-                  "                jac[f, slot, 2] = b2",
-                  "                slot += 1",
-                  "            d[f] = total",
-                  "            jac[f, 0, 0] = gi0", "            jac[f, 0, 1] = gi1", "            jac[f, 0, 2] = gi2",
-                  "            f += 1", "", ""]
+    # the space writes the loop over its sites around the site_term call
+    lines += [NJIT, "def descriptor_one(R, z, params, d, jac):", *space.numba_docstring(),
+              "    n = R.shape[0]",
+              "    f = 0",
+              *space.numba_loop(space.site_call("R[{atom}, {k}]")), "", ""]
     lines += [NJIT_PARALLEL, "def descriptor_many(R, z, params, D, JAC):",
               '    """descriptor_one for every geometry of R (M, N, 3), in parallel."""',
               "    for m in prange(R.shape[0]):",
@@ -110,38 +78,72 @@ def kernel_source(kir: KernelIR, prog: KernelProgram) -> list:
                              ("kernel_coefficients_vector", "numba_vector",
                               "\n    The same, spelled for loops LLVM vectorises (prediction).")):
         lines += [NJIT, f"def {name}(s, t, hyper):",
-                  f'    """dg/ds, dg/dt, d2g/ds2, d2g/dsdt, d2g/dt2 (by gdmlc AD, simplified).{why}"""', *unpack]
-        lines += program_lines(prog.coefficients, style, ["g_s", "g_t", "g_ss", "g_st", "g_tt"])
-        lines += ["    return g_s, g_t, g_ss, g_st, g_tt", "", ""]
+                  f'    """The partials {", ".join(prog.partials)} of g that the kernel\'s structure uses '
+                  f'(by gdmlc AD, simplified).{why}"""', *unpack]
+        lines += program_lines(prog.coefficients, style, prog.partials)
+        lines += [f"    return {partials_tuple(prog)}", "", ""]
     return lines
+
+
+def partials_tuple(prog: KernelProgram) -> str:
+    """The partials kernel_coefficients returns, as a tuple to return or unpack (`a, b` or `a,`)."""
+    names = prog.partials
+    return ", ".join(names) + ("," if len(names) == 1 else "")
 
 
 # --------------------------------------------------------------------------- model
 
-def rank_one_terms(present):
-    """(coefficient expression, left vector, right vector) of H's rank-one part."""
-    terms = []
-    if present["g_ss"]:
-        terms.append(("-4.0 * g_ss", "u_delta", "w_delta"))
-    if present["g_st"]:
-        terms.append(("2.0 * g_st", "u_delta", "w_d"))
-        terms.append(("-2.0 * g_st", "u_dp", "w_delta"))
-    if present["g_tt"]:
-        terms.append(("g_tt", "u_dp", "w_d"))
-    return terms
+def rank_one_terms(hessian: Matrix):
+    """(coefficient expression, left vector, right vector) of H's rank-one part: the structure's
+    terms c u w^T, with u and w named u_<basis> and w_<basis> in the generated loops."""
+    return [(coef, f"u_{u}", f"w_{w}") for (u, w), coef in hessian.terms.items()]
+
+
+def describe_terms(terms) -> str:
+    """The rank-one terms for a docstring: `coefficient u_delta w_delta^T; ...`."""
+    return "; ".join(f"{spell(c)} {u} {w}^T" for c, u, w in terms) or "none"
+
+
+# Templates index the structure's h_beta = c_identity beta + c_delta delta + c_dp dp by these
+# names; a kernel's H beta has no other terms (grad_d k is along delta and dp).
+H_BETA_NAMES = {"beta": "c_identity", "delta": "c_delta", "dp": "c_dp"}
+
+
+def h_beta_coefficients(prog: KernelProgram) -> dict:
+    """c_identity, c_delta, c_dp (by name) as expressions from the structure; ir.ZERO if absent."""
+    h_beta = prog.structure.h_beta
+    extra = set(h_beta.terms) - set(H_BETA_NAMES)
+    if extra:
+        raise AssertionError(f"H beta has terms along {sorted(extra)}, which the templates do not handle")
+    return {name: h_beta[b] for b, name in H_BETA_NAMES.items()}
+
+
+def spell_along(vector: Vector, names: dict, order=None) -> str:
+    """One feature's entry of a structure vector, each basis vector spelled through ``names``."""
+    if order is not None:
+        vector = Vector({b: vector.terms[b] for b in order if b in vector.terms})
+    return spell(component(vector), "numba", names)
 
 
 def model_source(prog: KernelProgram) -> list:
-    present = prog.present
-    terms = rank_one_terms(present)
+    structure = prog.structure
+    terms = rank_one_terms(structure.hessian)
+    partials = partials_tuple(prog)
     # the rank-one terms coef u w^T are folded into A: the descriptor-space left vector u
     # (delta or dp_P, per feature) times the atom-space right vector J'_P^T w
     right = sorted({w for _, _, w in terms})
-    left_value = {"u_delta": "diff", "u_dp": "b"}
+    left_value = {"u_delta": "diff", "u_dp": "b", "u_d": "d[f]"}
     # which descriptor-space vector each atom-space right vector contracts, per feature f
-    contracted = {"w_delta": "diff", "w_d": "d[f]"}
-    identity = ("g_t - 2.0 * g_s" if present["g_t"] and present["g_s"] else
-                "-2.0 * g_s" if present["g_s"] else "g_t")
+    contracted = {"w_delta": "diff", "w_d": "d[f]", "w_dp": "b"}
+    identity = spell(structure.hessian.identity)
+    h_beta = {name: spell(c) for name, c in h_beta_coefficients(prog).items()}
+    energy = spell(structure.energy_term)
+    uses_dp = "dp" in structure.h_beta.terms
+    # each basis vector's entry for feature f: against the permuted dp[g] (force blocks), or dp[f]
+    feature_names = {"delta": "diff", "d": "d[f]", "dp": "dp[g]"}
+    same_feature_names = {"delta": "(d[f] - dp[f])", "d": "d[f]", "dp": "dp[f]", "beta": "beta[f]"}
+    h_beta_sum = spell_along(Vector({b: ir.var(H_BETA_NAMES[b]) for b in structure.h_beta.terms}),
+                             same_feature_names, order=("beta", "delta", "dp"))
     layout = ["A (F, 3N)"] + [f"{v} (3N)" for v in right]
 
     L = [NJIT, "def work_size(n_features, n3):",
@@ -152,7 +154,7 @@ def model_source(prog: KernelProgram) -> list:
          "    H = d2k/dd ddp^T = c_P I + rank-one terms; J sparse (F, K, 3) with atom table atoms",
          "    (F, K); dp_P = dp[fperms[p]], J(x'_P) = jacp[fperms[p]]; work: work_size(F, 3N).",
          f"    Structure found in the kernel: c_P = {identity}; rank-one terms:",
-         f"    {'; '.join(f'{c} {a} {b}^T' for c, a, b in terms) or 'none'}.",
+         f"    {describe_terms(terms)}.",
          "    Summed over P in descriptor space first: out = J^T A with",
          "    A = sum_P (c_P J'_P + sum_terms coef u (J'_P^T w)^T) (F, 3N), so that the one",
          '    expensive product is long contiguous rows (vectorised)."""',
@@ -172,7 +174,7 @@ def model_source(prog: KernelProgram) -> list:
           "            diff = d[f] - b",
           "            s += diff * diff",
           "            t += d[f] * b",
-          "        g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+          f"        {partials} = kernel_coefficients(s, t, hyper)",
           f"        c_identity = {identity}"]
     L += [f"        {v}[:] = 0.0" for v in right]
     L += ["        for f in range(n_features):",
@@ -190,7 +192,8 @@ def model_source(prog: KernelProgram) -> list:
               "            b = dp[perm[f]]",
               "            diff = d[f] - b",
               "            a_row = A[f]  # 1-D views: Numba vectorises these loops, not 2-D indexing"]
-        L += [f"            x{n} = {coef} * {left_value[u]}" for n, (coef, u, _) in enumerate(terms)]
+        L += [f"            x{n} = {spell(coef * ir.var(u), 'numba', left_value)}"
+              for n, (coef, u, _) in enumerate(terms)]
         update = " + ".join(f"x{n} * {w}[col]" for n, (_, _, w) in enumerate(terms))
         L += ["            for col in range(n3):",
               f"                a_row[col] += {update}"]
@@ -263,19 +266,17 @@ def model_source(prog: KernelProgram) -> list:
           "                t += d[f] * dp[f]",
           "                delta_beta += diff * beta[f]",
           "                d_beta += d[f] * beta[f]",
-          "            g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+          f"            {partials} = kernel_coefficients(s, t, hyper)",
           "            # H beta = c_identity beta + c_delta delta + c_dp dp",
-          f"            c_identity = {identity}",
-          "            c_delta = -4.0 * g_ss * delta_beta + 2.0 * g_st * d_beta",
-          "            c_dp = -2.0 * g_st * delta_beta + g_tt * d_beta",
-          "            energy += 2.0 * g_s * delta_beta - g_t * d_beta",
+          *[f"            {name} = {h_beta[name]}" for b, name in H_BETA_NAMES.items()
+            if b in structure.h_beta.terms],
+          f"            energy += {energy}",
           "            for f in range(n_features):",
-          "                acc[f] += c_identity * beta[f] + c_delta * (d[f] - dp[f]) + c_dp * dp[f]",
+          f"                acc[f] += {h_beta_sum}",
           "        E[q] = energy",
           "        F[q] = 0.0",
           "        add_forces(JACQ[q], atoms, acc, F[q])",
           "", ""]
-    uses_dp = present["g_st"] or present["g_tt"]
     L += [NJIT_NOGIL_REASSOC, "def predict_coefficients(DQ, DT, NQ, NT, TD, QC, TC, TB, CB, hyper, X, SD, SP, E):",
           '    """Batched prediction, elementwise part, for one chunk of queries (serial: the caller',
           "    runs chunks on several threads).  Descriptors arrive centred on the mean c of the",
@@ -306,15 +307,15 @@ def model_source(prog: KernelProgram) -> list:
           "            t = TD[q, m] + QC[q] + TC[m]  # the kernel's t = d.dt, uncentred",
           "            d_beta = TD[q, mp + m] + CB[m]",
           "            delta_beta = TD[q, mp + m] - TB[m]",
-          "            g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients_vector(s_row[m], t, hyper)",
-          "            c_delta = -4.0 * g_ss * delta_beta + 2.0 * g_st * d_beta",
-          *(["            c_dp = -2.0 * g_st * delta_beta + g_tt * d_beta",
+          f"            {partials} = kernel_coefficients_vector(s_row[m], t, hyper)",
+          f"            c_delta = {h_beta['c_delta']}",
+          *([f"            c_dp = {h_beta['c_dp']}",
              "            X[q, m] = c_dp - c_delta",
              "            sum_dp += c_dp"] if uses_dp else
-            ["            X[q, m] = -c_delta  # no c_dp: the kernel does not depend on t = d.dt"]),
-          f"            X[q, mp + m] = {identity}",
+            ["            X[q, m] = -c_delta  # no c_dp: H beta has no dp term for this kernel"]),
+          f"            X[q, mp + m] = {h_beta['c_identity']}",
           "            sum_delta += c_delta",
-          "            energy += 2.0 * g_s * delta_beta - g_t * d_beta",
+          f"            energy += {energy}",
           "        SD[q] = sum_delta",
           "        SP[q] = sum_dp",
           "        E[q] = energy",
@@ -384,15 +385,15 @@ def model_source(prog: KernelProgram) -> list:
           "                    t = t_row[k] + QC[q] + TC[m]  # the kernel's t = d.dt, uncentred",
           "                    d_beta = b_row[k] + CB[m]",
           "                    delta_beta = b_row[k] - TB[m]",
-          "                    g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients_vector(s_row[k], t, hyper)",
-          "                    c_delta = -4.0 * g_ss * delta_beta + 2.0 * g_st * d_beta",
-          *(["                    c_dp = -2.0 * g_st * delta_beta + g_tt * d_beta",
+          f"                    {partials} = kernel_coefficients_vector(s_row[k], t, hyper)",
+          f"                    c_delta = {h_beta['c_delta']}",
+          *([f"                    c_dp = {h_beta['c_dp']}",
              "                    x_dt_row[k] = c_dp - c_delta",
              "                    sum_dp += c_dp"] if uses_dp else
             ["                    x_dt_row[k] = -c_delta"]),
-          f"                    x_bt_row[k] = {identity}",
+          f"                    x_bt_row[k] = {h_beta['c_identity']}",
           "                    sum_delta += c_delta",
-          "                    energy += 2.0 * g_s * delta_beta - g_t * d_beta",
+          f"                    energy += {energy}",
           "                EP[part, q] += energy",
           "                sums[i, 0] = sum_delta",
           "                sums[i, 1] = sum_dp",
@@ -441,12 +442,12 @@ def model_source(prog: KernelProgram) -> list:
           "            s += (d[f] - b) * (d[f] - b)",
           "            t += d[f] * b",
           "        total += kernel_value(s, t, hyper)",
-          "        g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+          f"        {partials} = kernel_coefficients(s, t, hyper)",
           "        for f in range(n_features):",
           "            g = perm[f]",
           "            diff = d[f] - dp[g]",
-          "            gx = 2.0 * g_s * diff + g_t * dp[g]",
-          "            gxp = -2.0 * g_s * diff + g_t * d[f]",
+          f"            gx = {spell_along(structure.grad_d, feature_names)}",
+          f"            gxp = {spell_along(structure.grad_dp, feature_names)}",
           "            for k in range(n_slots):",
           "                a3 = 3 * atoms[f, k]",
           "                b3 = 3 * atoms[g, k]",
@@ -488,9 +489,9 @@ def model_source(prog: KernelProgram) -> list:
           "                s += (d[f] - dp[f]) * (d[f] - dp[f])",
           "                t += d[f] * dp[f]",
           "            energy += WT[m] * kernel_value(s, t, hyper)",
-          "            g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
+          f"            {partials} = kernel_coefficients(s, t, hyper)",
           "            for f in range(n_features):",
-          "                acc[f] -= WT[m] * (2.0 * g_s * (d[f] - dp[f]) + g_t * dp[f])",
+          f"                acc[f] -= WT[m] * ({spell_along(structure.grad_d, same_feature_names)})",
           "        E[q] += energy",
           "        add_forces(JACQ[q], atoms, acc, F[q])",
           "", ""]
@@ -501,6 +502,6 @@ def module_source(title: str, parts: list, metadata: dict) -> str:
     header = [f'"""{title}', "", "Generated by gdmlc; do not edit: it is rebuilt whenever the DSL source or the",
               'compiler changes (the file name carries a hash of both)."""',
               "import math", "", "import numpy as np", "from numba import njit, prange", "",
-              "from compiler.numba_math import vexp", "",
+              "from compiler.targets.numba_math import vexp", "",
               f"METADATA = {metadata!r}", "", ""]
     return "\n".join(header + [line for part in parts for line in part]).rstrip() + "\n"

@@ -19,11 +19,11 @@ import math
 import textwrap
 from dataclasses import dataclass
 
-from . import ir
-from .dsl import DSLFunction, StoredSource
-from .errors import DSLError
-from .primitives import COMPARISONS, DSL_FUNCTIONS
-from .records import DescriptorIR, KernelIR, S, SourceInfo, T, user_var
+from compiler.middle import ir
+from compiler.dsl import DSLFunction, StoredSource
+from compiler.errors import DSLError
+from compiler.middle.primitives import COMPARISONS, DSL_FUNCTIONS
+from compiler.front.records import DescriptorIR, KernelIR, S, SourceInfo, T, user_var
 
 VECTOR_HELPERS = ("norm", "dot", "sqdist")
 ALLOWED_CALLS = sorted(DSL_FUNCTIONS) + list(VECTOR_HELPERS)
@@ -415,14 +415,16 @@ def parse_descriptor(dsl: DSLFunction) -> DescriptorIR:
     if defaults:
         parser.error(fdef, "descriptor arguments cannot have defaults",
                      "give parameter values in @descriptor(params={...})")
-    if len(names) < 2:
-        parser.error(fdef, f"a descriptor takes the positions of the two atoms it involves first, "
-                           f"got {len(names)} argument(s)", "write def my_descriptor(ri, rj, ...)")
-    for atom, name in zip("ij", names[:2]):
-        parser.env[name] = Vec3(ir.var(f"r{atom}_{k}") for k in range(3))
+    space = dsl.over  # which atoms the term involves: their positions and atomic numbers
+    if len(names) < space.arity:
+        parser.error(fdef, f"a descriptor takes the positions of the {space.atom_count} it involves first, "
+                           f"got {len(names)} argument(s)",
+                     f"write def my_descriptor({', '.join(space.position_args)}, ...)")
+    for atom, name in zip(space.atoms, names[:space.arity]):
+        parser.env[name] = Vec3(ir.var(v) for v in space.position_names(atom))
     z_args, param_names = [], []
-    for name in names[2:]:
-        if name in ("zi", "zj"):
+    for name in names[space.arity:]:
+        if name in space.z_vars:
             parser.env[name] = ir.var(name)
             z_args.append(name)
         elif name in dsl.params:
@@ -430,7 +432,7 @@ def parse_descriptor(dsl: DSLFunction) -> DescriptorIR:
             param_names.append(name)
         else:
             parser.error(fdef, f"argument {name!r} has no value",
-                         "atomic numbers are called zi and zj; give parameters in "
+                         f"atomic numbers are called {' and '.join(space.z_vars)}; give parameters in "
                          "@descriptor(params={...})")
     unused = set(dsl.params) - set(param_names)
     if unused:

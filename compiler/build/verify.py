@@ -86,7 +86,7 @@ def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None, notes=None):
         track("kernel Hessian-vector product", kern.hessian_vector(d, dp, v, **hyper), np.asarray(hvp))
         track("force block", model.force_block(x, xp, z=z, **hyper),
               model.jax_force_block(x, xp, z=z, **hyper))
-        if desc.symmetric or desc.over == "neighbours":
+        if desc.maps_atom_permutations:
             track("force block, symmetric (2 permutations)", model.force_block(x, xp, perms, z=z, **hyper),
                   model.jax_force_block(x, xp, perms, z=z, **hyper))
         track("prediction (forces)", *_prediction(model, rng, x, z, perms, hyper))
@@ -109,7 +109,7 @@ def _prediction(model, rng, x, z, perms, hyper):
     and the same from dense JAX blocks."""
     n = x.shape[0]
     desc = model.descriptor
-    if not (desc.symmetric or desc.over == "neighbours"):
+    if not desc.maps_atom_permutations:
         perms = perms[:1]
     train = np.stack([random_geometry(rng, n) for _ in range(2)])
     alpha = rng.normal(size=train.shape)
@@ -119,6 +119,8 @@ def _prediction(model, rng, x, z, perms, hyper):
     DT = D[:, fperms].reshape(-1, D.shape[1])
     BT = B[:, fperms].reshape(-1, D.shape[1])
     DQ, JACQ, _ = desc.evaluate(x, z)
-    _, F = model.predict_parts(DQ, JACQ, DT, BT, model.kernel.hyper(**hyper), n)
+    # the generated fused loop; the runtime's faster schedules (runtime/prediction.py) are
+    # tested against it in tests/test_compiler_blocks.py
+    _, F = model.predict_parts_direct(DQ, JACQ, DT, BT, model.kernel.hyper(**hyper), n)
     reference = sum(model.jax_force_block(x, t, perms, z=z, **hyper) @ a.ravel() for t, a in zip(train, alpha))
     return F[0].ravel(), reference

@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__
-from .atomic_io import write_text_atomic
-from .errors import CompileError
+from compiler import __version__
+from compiler.atomic_io import write_text_atomic
+from compiler.errors import CompileError
 
 ENV_VAR = "GDMLC_GENERATED_DIR"
 END_MARKER = "# gdmlc: end of generated module\n"  # a file without it was cut short: rebuilt
@@ -42,7 +42,7 @@ def generated_dir() -> Path:
                        f"generated modules go to {user_dir}")
             return user_dir
     else:
-        repo_dir = Path(__file__).resolve().parents[1] / "generated"
+        repo_dir = Path(__file__).resolve().parents[2] / "generated"
         problem = _unwritable_reason(repo_dir)
         if problem is None:
             return repo_dir
@@ -78,7 +78,9 @@ def _warn_once(message: str) -> None:
 def compiler_fingerprint() -> str:
     """Hash of the compiler's own source: a changed code generator never reuses old modules."""
     h = hashlib.sha256(f"gdmlc {__version__}".encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    package = Path(__file__).resolve().parents[1]  # compiler/, every sub-package included
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 

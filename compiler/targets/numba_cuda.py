@@ -1,8 +1,10 @@
 """Emit the readable Numba CUDA module for a descriptor and a kernel compiled together.
 
 The scalar bodies (one descriptor site term and its position gradient, the
-kernel coefficients g_s, g_t, g_ss, g_st, g_tt) are the same simplified
-programs the CPU module uses, spelled from the rule table's ``cuda`` column.
+partials of the kernel its structure uses) are the same simplified programs
+the CPU module uses, spelled from the rule table's ``cuda`` column; the
+kernel's formulas (identity coefficient, rank-one terms, H beta, energy) are
+the structure's expressions (compiler/middle/structure.py), spelled the same way.
 Only the loops around them differ: every thread owns the outputs it writes
 (no atomics), and sums over training points use a shared-memory tree.
 
@@ -12,10 +14,12 @@ so the CPU solver and the CPU prediction read what these kernels write.
 """
 from __future__ import annotations
 
-from .analysis import DescriptorProgram, KernelProgram
-from .codegen import quote_source, rank_one_terms, unpack_lines
-from .lower import program_lines
-from .records import POSITION_VARS, DescriptorIR, KernelIR
+from compiler.middle.analysis import DescriptorProgram, KernelProgram
+from compiler.targets.numba_cpu import (describe_terms, h_beta_coefficients, partials_tuple, quote_source, rank_one_terms,
+                      unpack_lines)
+from compiler.targets.spelling import program_lines
+from compiler.middle.structure import spell
+from compiler.front.records import DescriptorIR, KernelIR
 
 DEVICE = "@cuda.jit(device=True)"
 KERNEL = "@cuda.jit"
@@ -25,8 +29,8 @@ REDUCE_THREADS = 128  # threads per block in the tree reductions (a power of two
 def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR,
                      kprog: KernelProgram) -> list:
     """site_term and kernel_coefficients as CUDA device functions."""
-    out_names = ["value"] + [f"d_{v}" for v in POSITION_VARS]
-    args = ", ".join(POSITION_VARS) + ", zi, zj, params"
+    out_names = ["value"] + [f"d_{v}" for v in dir_.over.position_vars]
+    args = ", ".join([*dir_.over.position_vars, *dir_.over.z_vars, "params"])
     lines = [*quote_source(dir_.source), DEVICE, f"def site_term({args}):",
              f'    """One feature term of {dir_.source.name} and its gradient in ri and rj '
              f'(from {dir_.source.filename}:{dir_.body_line})."""']
@@ -37,18 +41,17 @@ def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR
     lines += [*quote_source(kir.source)]
     lines += [f"# at s = 0: {note}" for note in kprog.guards]
     lines += [DEVICE, "def kernel_coefficients(s, t, hyper):",
-              f'    """dg/ds, dg/dt, d2g/ds2, d2g/dsdt, d2g/dt2 of {kir.source.name} '
+              f'    """The partials {", ".join(kprog.partials)} of g = {kir.source.name} '
               f'(from {kir.source.filename}:{kir.body_line}),',
               '    with s = |d - dp|^2 and t = d . dp (by gdmlc AD, simplified)."""']
     lines += unpack_lines(kir.hyper_names, "hyper")
-    lines += program_lines(kprog.coefficients, "cuda", ["g_s", "g_t", "g_ss", "g_st", "g_tt"])
-    lines += ["    return g_s, g_t, g_ss, g_st, g_tt", "", ""]
+    lines += program_lines(kprog.coefficients, "cuda", kprog.partials)
+    lines += [f"    return {partials_tuple(kprog)}", "", ""]
     return lines
 
 
 def descriptor_kernel(dir_: DescriptorIR) -> list:
-    call = ("site_term(R[m, i, 0], R[m, i, 1], R[m, i, 2], R[m, j, 0], R[m, j, 1], R[m, j, 2], "
-            "z[i], z[j], params[c])")
+    space = dir_.over
     lines = [KERNEL, "def descriptor_many(R, z, params, atoms, D, JAC):",
              '    """Features D (M, F) and sparse Jacobians JAC (M, F, K, 3) of geometries R (M, N, 3).',
              "    Thread (m, f) owns feature f of geometry m; the atom table atoms (F, K) names the",
@@ -58,46 +61,22 @@ def descriptor_kernel(dir_: DescriptorIR) -> list:
              "        return",
              "    c = f % params.shape[0]",
              "    i = atoms[f, 0]"]
-    if dir_.over.name == "pairs":
-        lines += ["    j = atoms[f, 1]",
-                  f"    v, a0, a1, a2, b0, b1, b2 = {call}",
-                  "    D[m, f] = v",
-                  "    JAC[m, f, 0, 0] = a0", "    JAC[m, f, 0, 1] = a1", "    JAC[m, f, 0, 2] = a2",
-                  "    JAC[m, f, 1, 0] = b0", "    JAC[m, f, 1, 1] = b1", "    JAC[m, f, 1, 2] = b2",
-                  "", ""]
-    else:
-        lines += ["    # the term summed over neighbours j (slots 1.. of the atom table)",
-                  "    total = 0.0",
-                  "    gi0 = 0.0", "    gi1 = 0.0", "    gi2 = 0.0",
-                  "    for slot in range(1, atoms.shape[1]):",
-                  "        j = atoms[f, slot]",
-                  f"        v, a0, a1, a2, b0, b1, b2 = {call}",
-                  "        total += v",
-                  "        gi0 += a0", "        gi1 += a1", "        gi2 += a2",
-                  "        JAC[m, f, slot, 0] = b0", "        JAC[m, f, slot, 1] = b1",
-                  "        JAC[m, f, slot, 2] = b2",
-                  "    D[m, f] = total",
-                  "    JAC[m, f, 0, 0] = gi0", "    JAC[m, f, 0, 1] = gi1", "    JAC[m, f, 0, 2] = gi2",
-                  "", ""]
-    return lines
-
-
-def _identity(present):
-    return ("g_t - 2.0 * g_s" if present["g_t"] and present["g_s"] else
-            "-2.0 * g_s" if present["g_s"] else "g_t")
+    # the space reads its other atoms from the table and writes the feature's site_term call(s)
+    return lines + [*space.cuda_site(space.site_call("R[m, {atom}, {k}]")), "", ""]
 
 
 def assembly_kernel(kprog: KernelProgram) -> list:
-    present = kprog.present
-    identity = _identity(present)
-    terms = rank_one_terms(present)
+    structure = kprog.structure
+    identity = spell(structure.hessian.identity, "cuda")
+    terms = rank_one_terms(structure.hessian)
+    partials = partials_tuple(kprog)
     lefts = sorted({a for _, a, _ in terms})
     rights = sorted({b for _, _, b in terms})
     # left vectors are read on atom A's features, right vectors on atom B's features of J_j[P]
-    left_scale = {"u_delta": "diff", "u_dp": "b"}
-    right_scale = {"w_delta": "diff", "w_d": "D[i, f]"}
+    left_scale = {"u_delta": "diff", "u_dp": "b", "u_d": "D[i, f]"}
+    right_scale = {"w_delta": "diff", "w_d": "D[i, f]", "w_dp": "D[j, g]"}
     L = [KERNEL, "def block_coefficients(D, fperms, hyper, pair_i, pair_j, COEF):",
-         '    """Thread (q, p) owns COEF[q, p] = (g_s, g_t, g_ss, g_st, g_tt) at s = |d_i - d_j[P]|^2,',
+         f'    """Thread (q, p) owns COEF[q, p] = ({partials}) at s = |d_i - d_j[P]|^2,',
          '    t = d_i . d_j[P] for block pair q = (pair_i[q], pair_j[q]) and permutation p."""',
          "    q, p = cuda.grid(2)",
          "    if q >= pair_i.shape[0] or p >= fperms.shape[0]:",
@@ -111,15 +90,13 @@ def assembly_kernel(kprog: KernelProgram) -> list:
          "        diff = D[i, f] - b",
          "        s += diff * diff",
          "        t += D[i, f] * b",
-         "    g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
-         "    COEF[q, p, 0] = g_s", "    COEF[q, p, 1] = g_t", "    COEF[q, p, 2] = g_ss",
-         "    COEF[q, p, 3] = g_st", "    COEF[q, p, 4] = g_tt",
+         f"    {partials} = kernel_coefficients(s, t, hyper)",
+         *[f"    COEF[q, p, {k}] = {name}" for k, name in enumerate(kprog.partials)],
          "", "",
          KERNEL, "def assemble_blocks(D, JAC, atoms, incidence, fperms, inverse_fperms, COEF, pair_i, pair_j, K):",
          '    """Training-matrix blocks (i, j >= i) for the block pairs (pair_i[q], pair_j[q]):',
          "    K[i*3N:(i+1)*3N, j*3N:(j+1)*3N] = sum over permutations P of J_i^T H(d_i, d_j[P]) J_j[P],",
-         f"    H = ({identity}) I + rank-one terms: "
-         f"{'; '.join(f'{c} {a} {b}^T' for c, a, b in terms) or 'none'}.",
+         f"    H = ({identity}) I + rank-one terms: {describe_terms(terms)}.",
          "    Thread (atoms A * N + B, q) owns the 3x3 sub-block (A, B) of block q, summed in registers",
          "    and written once (neighbouring threads write neighbouring columns).  incidence (N, L, 2)",
          "    lists the (feature, slot) pairs touching each atom (-1: padding); COEF comes from",
@@ -137,8 +114,7 @@ def assembly_kernel(kprog: KernelProgram) -> list:
          "    k10 = 0.0", "    k11 = 0.0", "    k12 = 0.0",
          "    k20 = 0.0", "    k21 = 0.0", "    k22 = 0.0",
          "    for p in range(fperms.shape[0]):",
-         "        g_s = COEF[q, p, 0]", "        g_t = COEF[q, p, 1]", "        g_ss = COEF[q, p, 2]",
-         "        g_st = COEF[q, p, 3]", "        g_tt = COEF[q, p, 4]",
+         *[f"        {name} = COEF[q, p, {k}]" for k, name in enumerate(kprog.partials)],
          f"        c_identity = {identity}",
          "        # identity term: features f of atom A whose permuted partner g touches atom B",
          "        for e in range(incidence.shape[1]):",
@@ -178,7 +154,7 @@ def assembly_kernel(kprog: KernelProgram) -> list:
               "            f = inverse_fperms[p, g]",
               "            diff = D[i, f] - D[j, g]"]
         L += [f"            {w}_{c} += JAC[j, g, l, {c}] * {right_scale[w]}" for w in rights for c in range(3)]
-        L += [f"        r{n} = {coef}" for n, (coef, _, _) in enumerate(terms)]
+        L += [f"        r{n} = {spell(coef, 'cuda')}" for n, (coef, _, _) in enumerate(terms)]
         for c in range(3):
             for d in range(3):
                 L.append(f"        k{c}{d} += " + " + ".join(f"r{n} * {u}_{c} * {w}_{d}"
@@ -193,7 +169,7 @@ def assembly_kernel(kprog: KernelProgram) -> list:
 
 
 def prediction_kernels(kprog: KernelProgram) -> list:
-    identity = _identity(kprog.present)
+    h_beta = {name: spell(c, "cuda") for name, c in h_beta_coefficients(kprog).items()}
     L = [KERNEL, "def pair_coefficients(DQ, DT, BT, hyper, COEF):",
          '    """Thread (m, q) owns COEF[q, m] = (c_identity, c_delta, c_dp, energy term) of query q',
          "    against permuted training point m, so that H(d_q, dt_m) bt_m =",
@@ -209,11 +185,11 @@ def prediction_kernels(kprog: KernelProgram) -> list:
          "        t += DQ[q, f] * DT[m, f]",
          "        delta_beta += diff * BT[m, f]",
          "        d_beta += DQ[q, f] * BT[m, f]",
-         "    g_s, g_t, g_ss, g_st, g_tt = kernel_coefficients(s, t, hyper)",
-         f"    COEF[q, m, 0] = {identity}",
-         "    COEF[q, m, 1] = -4.0 * g_ss * delta_beta + 2.0 * g_st * d_beta",
-         "    COEF[q, m, 2] = -2.0 * g_st * delta_beta + g_tt * d_beta",
-         "    COEF[q, m, 3] = 2.0 * g_s * delta_beta - g_t * d_beta",
+         f"    {partials_tuple(kprog)} = kernel_coefficients(s, t, hyper)",
+         f"    COEF[q, m, 0] = {h_beta['c_identity']}",
+         f"    COEF[q, m, 1] = {h_beta['c_delta']}",
+         f"    COEF[q, m, 2] = {h_beta['c_dp']}",
+         f"    COEF[q, m, 3] = {spell(kprog.structure.energy_term, 'cuda')}",
          "", "",
          DEVICE, "def block_tree_sum(partial, tid):",
          '    """partial[0] = the sum of partial[0:blockDim.x] (a power of two), by a shared-memory tree;',
@@ -311,6 +287,7 @@ def module_source(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR, k
               'both). Run under NUMBA_ENABLE_CUDASIM=1 to execute it without a GPU."""',
               "import math", "", "import numpy as np", "from numba import cuda, float64", "",
               f"METADATA = {metadata!r}",
+              f"KERNEL_PARTIALS = {tuple(kprog.partials)!r}  # the columns of block_coefficients' COEF",
               f"REDUCE_THREADS = {REDUCE_THREADS}  # most threads per block of the tree reductions (a power of two)", "", ""]
     parts = [device_functions(dir_, dprog, kir, kprog), descriptor_kernel(dir_),
              assembly_kernel(kprog), prediction_kernels(kprog)]

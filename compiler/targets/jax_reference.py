@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ir
-from .lower import spell
-from .records import POSITION_VARS, S, T, DescriptorIR, KernelIR, user_var
+from compiler.middle import ir
+from compiler.targets.spelling import spell
+from compiler.middle.primitives import namespace as namespace_for
+from compiler.front.records import S, T, DescriptorIR, KernelIR, user_var
 
 
 def _jax():
@@ -49,32 +50,26 @@ def _function_text(name, args, body, prologue=()):
 def descriptor_function(dir_: DescriptorIR, params_table: np.ndarray):
     """``D(R, z=None) -> (F,)`` in jax.numpy, features ordered as the Numba kernels."""
     jax, jnp = _jax()
-    args = list(POSITION_VARS) + ["zi", "zj"] + [user_var(p) for p in dir_.param_names]
+    space = dir_.over
+    args = [*space.position_vars, *space.z_vars] + [user_var(p) for p in dir_.param_names]
     source = _function_text("term", args, dir_.body)
-    namespace = {"jnp": jnp}
+    namespace = {**namespace_for("jax"), "jnp": jnp}  # the table's jax spellings' names
     exec(compile(source, f"<gdmlc jax {dir_.source.name}>", "exec"), namespace)
     term = namespace["term"]
     table = jnp.asarray(params_table)
-    over = dir_.over.name
 
     def descriptor(R, z=None):
         n = R.shape[0]
-        if over == "pairs":
-            I, J = np.triu_indices(n, 1)
-            site_shape = (len(I), 1)
-        else:
-            I = np.repeat(np.arange(n), n - 1)
-            J = np.array([j for i in range(n) for j in range(n) if j != i])
-            site_shape = (n, n - 1, 1)
+        atoms = space.jax_sites(n)  # per atom of the term: (sites, terms per site, 1) indices
         zf = jnp.ones(n) if z is None else jnp.asarray(z, dtype=jnp.float64)
-        pos = {f"ri_{k}": R[I, k].reshape(site_shape) for k in range(3)}
-        pos.update({f"rj_{k}": R[J, k].reshape(site_shape) for k in range(3)})
+        gathered = {}
+        for a, z_name, index in zip(space.atoms, space.z_vars, atoms):
+            gathered.update({name: R[index, k] for k, name in enumerate(space.position_names(a))})
+            gathered[z_name] = zf[index]
         params = {user_var(p): table[:, k] for k, p in enumerate(dir_.param_names)}
-        values = term(**pos, zi=zf[I].reshape(site_shape), zj=zf[J].reshape(site_shape), **params)
-        values = jnp.broadcast_to(values, site_shape[:-1] + (table.shape[0],))
-        if over == "neighbours":
-            values = values.sum(axis=1)
-        return values.reshape(-1)
+        values = term(**gathered, **params)
+        values = jnp.broadcast_to(values, atoms[0].shape[:-1] + (table.shape[0],))
+        return space.jax_reduce(values).reshape(-1)
 
     descriptor.source = source
     return descriptor
@@ -86,7 +81,7 @@ def kernel_function(kir: KernelIR):
     jax, jnp = _jax()
     source = _function_text("kernel", ["d", "dp", *map(user_var, kir.hyper_names)], kir.body,
                             prologue=[f"{S} = jnp.sum((d - dp) ** 2)", f"{T} = jnp.sum(d * dp)"])
-    namespace = {"jnp": jnp}
+    namespace = {**namespace_for("jax"), "jnp": jnp}  # the table's jax spellings' names, and the prologue's
     exec(compile(source, f"<gdmlc jax {kir.source.name}>", "exec"), namespace)
     lowered = namespace["kernel"]
 

@@ -7,21 +7,54 @@ common-subexpression table, and differentiation rules can compare nodes with
 so that derivative expressions stay small before sympy ever sees them.
 
 What each operation means (value, derivatives, spellings) lives in one place,
-:mod:`compiler.primitives`; this module only builds and walks graphs.
+:mod:`compiler.middle.primitives`; this module only builds and walks graphs.  It is the
+bottom layer: it imports only compiler.errors (a leaf), and the rule table fills its
+registry (:func:`register`, JAX-style) when :mod:`compiler.middle.primitives` is imported.
+``compiler/__init__.py`` imports that module first, so ``import compiler.middle.ir`` (which
+runs the package's ``__init__``) always finds the registry filled.
+
+Interning is weak: the table holds each node only while some graph uses it, so
+compilations do not accumulate nodes.  While two equal nodes would both be alive
+they are the same object (a node keeps its arguments alive, so the ids in a key
+cannot be reused by other nodes while the key's node exists).
 """
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
-_INTERNED: dict = {}
+from compiler.errors import CompileError  # a leaf module: no import circle
+
+_INTERNED = weakref.WeakValueDictionary()
+# name -> Primitive, filled by compiler.middle.primitives (register)
+PRIMITIVES: dict = {}
+
+
+class UnknownPrimitive(CompileError):
+    """An op that no table row registered."""
+
+
+def register(row):
+    """Add one rule-table row; make/evaluate/AD/lowering look primitives up here."""
+    PRIMITIVES[row.name] = row
+    return row
+
+
+def primitive(op):
+    """The registered row for ``op``, or a clear error naming it."""
+    try:
+        return PRIMITIVES[op]
+    except KeyError:
+        raise UnknownPrimitive(f"unknown primitive {op!r}: no row of the rule table (compiler/middle/primitives.py) "
+                               "registers it") from None
 
 
 class Expr:
     """One node: ``op`` is 'const', 'var' or a primitive name."""
 
-    __slots__ = ("op", "args", "value")
+    __slots__ = ("op", "args", "value", "__weakref__")
 
     def __init__(self, op, args, value):
         self.op, self.args, self.value = op, args, value
@@ -87,9 +120,7 @@ ONE = const(1.0)
 
 def make(op: str, *args: Expr) -> Expr:
     """Build ``op(*args)``, folding constants and algebraic identities."""
-    from .primitives import PRIMITIVES
-
-    prim = PRIMITIVES[op]
+    prim = primitive(op)
     if len(args) != prim.arity:
         raise TypeError(f"{op} takes {prim.arity} arguments, got {len(args)}")
     if op in _EXACT_FOLDS and all(a.is_const for a in args):
@@ -165,8 +196,6 @@ def count_ops(outputs) -> int:
 
 def evaluate(outputs, env: dict):
     """Evaluate expressions with numpy (broadcasting over array inputs)."""
-    from .primitives import PRIMITIVES
-
     values = {}
     with np.errstate(all="ignore"):
         for node in topological(outputs):
@@ -178,7 +207,7 @@ def evaluate(outputs, env: dict):
                 except KeyError:
                     raise KeyError(f"no value given for variable {node.value!r}") from None
             else:
-                v = PRIMITIVES[node.op].evaluate(*[values[id(a)] for a in node.args])
+                v = primitive(node.op).evaluate(*[values[id(a)] for a in node.args])
             values[id(node)] = v
     return [values[id(o)] for o in outputs]
 

@@ -14,8 +14,8 @@ adjoints that leave a branch (see :func:`vjp`).
 """
 from __future__ import annotations
 
-from . import ir
-from .primitives import PRIMITIVES
+from compiler.middle import ir
+from compiler.middle.primitives import PRIMITIVES
 
 
 def jvp(outputs, tangents: dict) -> list:

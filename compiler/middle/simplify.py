@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import ir
-from .errors import CompileError
-from .primitives import PRIMITIVES
+from compiler.middle import ir
+from compiler.errors import CompileError
+from compiler.middle.primitives import PRIMITIVES, SYMPY_CLASSES
 
 # sympy's algorithms walk expressions as trees (a shared subexpression once per use), so
 # sizes are counted that way.  Above FULL_SIMPLIFY_LIMIT operations sympy.simplify gets
@@ -109,12 +109,6 @@ def to_sympy(outputs, symbols: dict):
     return [memo[id(o)] for o in outputs]
 
 
-_FUNCS = {sp.exp: "exp", sp.log: "log", sp.sin: "sin", sp.cos: "cos", sp.acos: "arccos",
-          sp.tanh: "tanh", sp.cosh: "cosh", sp.sinh: "sinh", sp.Abs: "abs", sp.sign: "sign"}
-_RELATIONS = {sp.StrictLessThan: "lt", sp.LessThan: "le", sp.StrictGreaterThan: "gt",
-              sp.GreaterThan: "ge", sp.Equality: "eq", sp.Unequality: "ne"}
-
-
 class NoIRForm(CompileError):
     """A sympy expression with no IR primitive (e.g. a function sympy introduced)."""
 
@@ -165,12 +159,9 @@ def _from_sympy_node(expr, convert):
         if isinstance(e, sp.Rational) and e.q == 2:
             return ir.make("pow", ir.make("sqrt", convert(base)), ir.const(e.p))
         return ir.make("pow", convert(base), convert(e))
-    for func, op in _FUNCS.items():
-        if isinstance(expr, func):
-            return ir.make(op, convert(expr.args[0]))
-    for rel, op in _RELATIONS.items():
-        if isinstance(expr, rel):
-            return ir.make(op, convert(expr.lhs), convert(expr.rhs))
+    for cls, op in SYMPY_CLASSES.items():  # functions and relations, from the rule table
+        if isinstance(expr, cls):
+            return ir.make(op, *[convert(a) for a in expr.args])
     if isinstance(expr, sp.Piecewise):
         # straight back to IR selects: never through sympy's set logic (as_set)
         *branches, (last, _) = expr.args

@@ -1,8 +1,8 @@
 """Spelling IR as source text, for Numba or JAX, from the rule table."""
 from __future__ import annotations
 
-from . import ir
-from .primitives import PRIMITIVES
+from compiler.middle import ir
+from compiler.errors import CompileError
 
 
 def spell(expr, style: str, names: dict | None = None) -> str:
@@ -18,8 +18,16 @@ def spell(expr, style: str, names: dict | None = None) -> str:
             args = [memo[id(a)] for a in node.args]
             if node.op == "pow" and node.args[1].is_const and node.args[1].value.is_integer():
                 args[1] = str(int(node.args[1].value))  # integer powers compile to multiplications
-            memo[id(node)] = getattr(PRIMITIVES[node.op], style).format(*args)
+            memo[id(node)] = _spelling(node.op, style).format(*args)
     return memo[id(expr)]
+
+
+def _spelling(op: str, style: str) -> str:
+    """The rule table's ``style`` column for ``op``; a CompileError naming both if it has none."""
+    text = getattr(ir.primitive(op), style, None)
+    if not isinstance(text, str) or not text:
+        raise CompileError(f"primitive {op} has no {style} spelling")
+    return text
 
 
 def _number(value: float) -> str:
@@ -28,7 +36,7 @@ def _number(value: float) -> str:
 
 
 def program_lines(program, style: str, output_names, names=None, indent="    "):
-    """``name = expr`` lines for a :class:`~compiler.simplify.Program`."""
+    """``name = expr`` lines for a :class:`~compiler.middle.simplify.Program`."""
     lines = [f"{indent}{name} = {spell(e, style, names)}" for name, e in program.assignments]
     lines += [f"{indent}{out} = {spell(e, style, names)}" for out, e in zip(output_names, program.outputs)]
     return lines

@@ -1,25 +1,28 @@
 """Compiled descriptors, kernels and models: Python faces of generated modules."""
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cached_property
 
 import numpy as np
 
-from . import cache, checks, codegen, jax_lowering
-from .analysis import descriptor_program, kernel_program
-from .library import resolve
-from .parser import module_constants, parse_descriptor, parse_kernel
-from .records import DescriptorIR
+from compiler.build import cache
+from compiler import checks
+from compiler.targets import numba_cpu, jax_reference
+from compiler.middle.analysis import descriptor_program, kernel_program
+from compiler.library import resolve
+from compiler.front.parser import module_constants, parse_descriptor, parse_kernel
+from compiler.front.records import S, T, DescriptorIR
+from compiler.middle.structure import KernelStructure
+from compiler.middle.structure import contractions as structure_contractions
 
 
 # --------------------------------------------------------------------------- building
 
 def _params_table(dsl, dir_: DescriptorIR) -> np.ndarray:
     """(channels, n_params) table: lists give one channel each, numbers broadcast."""
-    from .errors import DSLError
+    from compiler.errors import DSLError
 
     def error(message):  # the decorator line, where params were written
         return DSLError(f"descriptor {dsl.name}: {message}", dir_.source.filename,
@@ -71,17 +74,17 @@ def _build(stem, key_parts, dir_=None, kir=None):
         parts, metadata, titles = [], {}, []
         if dir_ is not None:
             dprog = descriptor_program(dir_)
-            parts.append(codegen.descriptor_source(dir_, dprog))
+            parts.append(numba_cpu.descriptor_source(dir_, dprog))
             metadata.update(_descriptor_metadata(dir_, dprog))
             titles.append(f"descriptor {dir_.source.name} ({dir_.source.filename}:{dir_.source.first_line})")
         if kir is not None:
             kprog = kernel_program(kir)
-            parts.append(codegen.kernel_source(kir, kprog))
+            parts.append(numba_cpu.kernel_source(kir, kprog))
             metadata.update(_kernel_metadata(kir, kprog))
             titles.append(f"kernel {kir.source.name} ({kir.source.filename}:{kir.source.first_line})")
             if dir_ is not None:
-                parts.append(codegen.model_source(kprog))
-        return codegen.module_source("gdmlc kernels for " + " and ".join(titles), parts, metadata)
+                parts.append(numba_cpu.model_source(kprog))
+        return numba_cpu.module_source("gdmlc kernels for " + " and ".join(titles), parts, metadata)
 
     start = time.perf_counter()
     module, path, built = cache.get_or_build(stem, cache.content_hash(*key_parts), build)
@@ -99,23 +102,28 @@ class CompiledDescriptor:
         self.metadata = module.METADATA
 
     name = property(lambda self: self.dsl.name)
-    over = property(lambda self: self.ir.over.name)
+    over = property(lambda self: self.ir.over)  # the IndexSpace; str() gives its name
     n_channels = property(lambda self: self.params.shape[0])
     needs_z = property(lambda self: bool(self.ir.z_args))
     symmetric = property(lambda self: self.metadata["symmetric"])
 
+    @property
+    def maps_atom_permutations(self):
+        """Whether atom permutations map to feature permutations (pairs need a swap-symmetric term)."""
+        return self.symmetric or not self.over.needs_symmetric_term
+
     def n_sites(self, n_atoms):
-        return n_atoms * (n_atoms - 1) // 2 if self.over == "pairs" else n_atoms
+        return self.over.n_sites(n_atoms)
 
     def n_features(self, n_atoms):
-        return self.n_sites(n_atoms) * self.n_channels
+        return self.over.n_features(n_atoms, self.n_channels)
 
     def slots(self, n_atoms):
         """Atoms each feature touches (nonzero 3-blocks per Jacobian row)."""
-        return 2 if self.over == "pairs" else n_atoms
+        return self.over.slots(n_atoms)
 
     def atom_table(self, n_atoms):
-        return _atom_table(self.over, n_atoms, self.n_channels)
+        return self.over.atom_table(n_atoms, self.n_channels)
 
     def _z(self, z, n_atoms):
         if z is None:
@@ -162,41 +170,14 @@ class CompiledDescriptor:
         """(P, F) feature index maps: D(x[perm]) == D(x)[fperm]."""
         perms = checks.permutations(perms, n_atoms)
         nontrivial = (perms != np.arange(n_atoms)).any()
-        if nontrivial and self.over == "pairs" and not self.symmetric:
-            raise ValueError(f"descriptor {self.name} is not symmetric in its two atoms, so atom "
+        if nontrivial and not self.maps_atom_permutations:
+            raise ValueError(f"descriptor {self.name} is not symmetric in its {self.over.atom_count}, so atom "
                              "permutations do not map to feature permutations; use it without symmetries")
-        return _feature_permutations(self.over, n_atoms, self.n_channels, perms)
+        return self.over.feature_permutations(n_atoms, self.n_channels, perms)
 
     def jax_function(self):
         """jax.numpy D(R, z=None) -> (F,) lowered from the same IR."""
-        return jax_lowering.descriptor_function(self.ir, self.params)
-
-
-@lru_cache(maxsize=64)
-def _atom_table(over, n, channels):
-    if over == "pairs":
-        i, j = np.triu_indices(n, 1)
-        sites = np.stack([i, j], axis=1)
-    else:
-        sites = np.array([[i] + [j for j in range(n) if j != i] for i in range(n)])
-    table = np.repeat(sites, channels, axis=0).astype(np.int64)
-    table.setflags(write=False)
-    return table
-
-
-def _feature_permutations(over, n, channels, perms):
-    out = np.empty((len(perms), _atom_table(over, n, channels).shape[0]), dtype=np.int64)
-    if over == "pairs":
-        index = np.full((n, n), -1)
-        i, j = np.triu_indices(n, 1)
-        index[i, j] = index[j, i] = np.arange(len(i))
-        for p, perm in enumerate(perms):
-            site = index[perm[i], perm[j]]
-            out[p] = (site[:, None] * channels + np.arange(channels)).ravel()
-    else:
-        for p, perm in enumerate(perms):
-            out[p] = (perm[:, None] * channels + np.arange(channels)).ravel()
-    return out
+        return jax_reference.descriptor_function(self.ir, self.params)
 
 
 # --------------------------------------------------------------------------- kernel
@@ -246,9 +227,15 @@ class CompiledKernel:
             raise ValueError(f"d and dp must have the same number of features, got {d.shape} and {dp.shape}")
         return d, dp, np.sum((d - dp) ** 2, axis=-1), np.sum(d * dp, axis=-1)
 
-    def coefficients(self, s, t, /, **hyper):
-        """(g_s, g_t, g_ss, g_st, g_tt) at scalar s, t."""
-        return self.module.kernel_coefficients(float(s), float(t), self.hyper(**hyper))
+    @cached_property
+    def structure(self):
+        """The kernel's descriptor-space derivatives as IR over the partials of g (structure.py)."""
+        return KernelStructure(self.ir.body)
+
+    def coefficients(self, s, t, /, **hyper) -> dict:
+        """The partials of g the generated code computes (name -> value) at scalar s, t."""
+        values = self.module.kernel_coefficients(float(s), float(t), self.hyper(**hyper))
+        return dict(zip(self.structure.partials, values))
 
     def _map(self, fn, s, t):
         s, t = np.broadcast_arrays(np.asarray(s, float), np.asarray(t, float))
@@ -259,30 +246,33 @@ class CompiledKernel:
         _, _, s, t = self._st(d, dp)
         return self._map(lambda a, b: (self.module.kernel_value(a, b, h),), s, t)[..., 0]
 
+    def _structure_result(self, result, h, d, dp, s, t, beta=None):
+        """A result of the kernel's structure with numpy, its partials from the generated code
+        (d, dp, s, t as _st gives them)."""
+        partials = self._map(lambda a, b: self.module.kernel_coefficients(a, b, h), s, t)
+        vectors = {"delta": d - dp, "d": d, "dp": dp}
+        if beta is not None:
+            vectors["beta"] = beta
+        scalars = {S: s, T: t, **structure_contractions(vectors),
+                   **{name: partials[..., k] for k, name in enumerate(self.structure.partials)}}
+        return self.structure.evaluate(result, scalars, vectors)
+
     def gradient(self, d, dp, /, **hyper):
-        """dk/dd = 2 g_s (d - dp) + g_t dp."""
+        """dk/dd, the structure's grad_d (a combination of d - dp and dp)."""
         h = self.hyper(**hyper)
-        d, dp, s, t = self._st(d, dp)
-        c = self._map(lambda a, b: self.module.kernel_coefficients(a, b, h), s, t)
-        return 2 * c[..., 0:1] * (d - dp) + c[..., 1:2] * dp
+        return self._structure_result("grad_d", h, *self._st(d, dp))
 
     def hessian_vector(self, d, dp, v, /, **hyper):
-        """(d2k / dd ddp^T) v, using the structure: identity plus rank-one terms."""
+        """(d2k / dd ddp^T) v, the structure's H beta with beta = v: identity plus rank-one terms."""
         h = self.hyper(**hyper)
         d, dp, s, t = self._st(d, dp)
         v = checks.vectors(v, "v")
         if v.shape[-1] != d.shape[-1]:
             raise ValueError(f"v: expected {d.shape[-1]} features (like d), got shape {v.shape}")
-        g_s, g_t, g_ss, g_st, g_tt = np.moveaxis(
-            self._map(lambda a, b: self.module.kernel_coefficients(a, b, h), s, t), -1, 0)
-        delta = d - dp
-        dv = np.sum(delta * v, axis=-1)
-        pv = np.sum(d * v, axis=-1)
-        return ((g_t - 2 * g_s)[..., None] * v + (-4 * g_ss * dv + 2 * g_st * pv)[..., None] * delta
-                + (-2 * g_st * dv + g_tt * pv)[..., None] * dp)
+        return self._structure_result("h_beta", h, d, dp, s, t, beta=v)
 
     def jax_function(self):
-        return jax_lowering.kernel_function(self.ir)
+        return jax_reference.kernel_function(self.ir)
 
 
 # --------------------------------------------------------------------------- model
@@ -320,7 +310,7 @@ class CompiledModel:
         h = dict(zip(self.kernel.hyper_names, self.kernel.hyper(**hyper)))
         n = np.asarray(x).shape[0]
         perms = checks.permutations(perms, n)
-        block = jax_lowering.force_block_function(self.descriptor.jax_function(), self.kernel.jax_function())
+        block = jax_reference.force_block_function(self.descriptor.jax_function(), self.kernel.jax_function())
         return block(np.asarray(x, float), np.asarray(xp, float), [p.tolist() for p in perms], z, h)
 
     # Building blocks for the runtime -----------------------------------------
@@ -335,107 +325,36 @@ class CompiledModel:
         self.module.assemble_energy_rows(D, JAC, self.descriptor.atom_table(n_atoms), fperms, hyper, K,
                                          n_atoms)
 
-    # below this many queries the tiled loops beat the matrix products (ethanol, M=1000, P=6,
-    # 2 cores: 13,800 vs 10,300 geometries/s at 10 queries, 14,000 vs 19,900 at 30)
-    SMALL_BATCH = 20
+    # Thin wrappers of the generated prediction kernels: runtime/prediction.py schedules them
+    def predict_tiles(self, dq, NQ, QC, side, hyper, bounds, tile_queries, ACC, EP):
+        """Tiled sums of centred queries against ``side``'s training rows split at ``bounds``:
+        per-part descriptor-space force sums ACC (parts, Q, F) and energies EP (parts, Q)."""
+        self.module.predict_tiles(dq, NQ, QC, side.centre, side.DT, side.WT, side.NT, side.TC, side.TB, side.CB,
+                                  hyper, bounds, tile_queries, ACC, EP)
 
-    def predict_parts(self, DQ, JACQ, DT, BT, hyper, n_atoms, side=None):
-        """Energies (Q,) and forces (Q, N, 3) from query descriptors and Jacobians against the
-        permuted training descriptors DT and coefficients BT (MP, F).  ``side``: the
-        prediction_side(DT, BT) of a trained model, computed once instead of per call.
-        Small work runs on this thread alone (threads_for), with the same sums, bit for bit."""
-        import numba
-        parts = numba.get_num_threads()  # the tiled split, whatever the threads that run it
-        with numba_threads(threads_for(DQ.shape[0])):
-            if DQ.shape[0] < self.SMALL_BATCH:
-                return self.predict_parts_tiled(DQ, JACQ, DT, BT, hyper, n_atoms, side=side, parts=parts)
-            return self.predict_parts_batched(DQ, JACQ, DT, BT, hyper, n_atoms, side=side)
-
-    def prediction_side(self, DT, BT):
-        """The training-side arrays of prediction (they depend only on the trained model)."""
-        return PredictionSide(DT, BT)
-
-    def predict_parts_batched(self, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, chunk=64):
-        """predict_parts for many queries: the descriptor-space sums are two matrix products
-        (BLAS) around one generated elementwise kernel, per task:
-        [T | DB] = DQ W^T with W = [DT; BT], then the kernel coefficients X (2 per (query,
-        training) pair, see predict_coefficients), then the sum over training points of H beta =
-        X W + rowsum(CD) DQ + rowsum(CP) c, and forces J^T of that sum at the end.  One matrix W
-        serves both products, so each task streams the training data through the cache once.
-        Descriptors are centred on the training mean first: differences such as
-        (d - dt).beta = d.beta - dt.beta then cancel far less.
-        Tasks run on Numba's number of threads, each with single-threaded BLAS, so the matrix
-        products use every core without two thread pools competing.  A task is a chunk of
-        queries."""
-        side = self._checked_side(side, DT, BT)
-        Q = DQ.shape[0]
-        pool, threads = _chunk_pool()
-        chunk = max(1, min(chunk, -(-Q // threads)))
-        acc = np.empty((Q, DQ.shape[1]))
-        E = np.empty(Q)
-
-        def run(start):
-            rows = slice(start, start + chunk)
-            acc[rows], E[rows] = self._predict_chunk(DQ[rows], side, hyper)
-
-        with single_threaded_blas():
-            for task in [pool.submit(run, start) for start in range(0, Q, chunk)]:
-                task.result()
-        F = np.empty((Q, n_atoms, 3))
-        self.module.forces_from_descriptor_gradients(np.ascontiguousarray(JACQ), self.descriptor.atom_table(n_atoms),
-                                                     acc, F)
-        return E, F
-
-    def _checked_side(self, side, DT, BT):
-        side = side if side is not None else self.prediction_side(DT, BT)
-        if side.n_rows != DT.shape[0]:
-            raise ValueError(f"prediction side was prepared for {side.n_rows} training rows, not {DT.shape[0]}")
-        return side
-
-    def _predict_chunk(self, DQ, side, hyper):
-        """(descriptor-space force sums (q, F), energies (q,)) of queries DQ against one side."""
-        dq, NQ, QC = side.queries(DQ)
-        TD = np.matmul(dq, side.W.T, out=_scratch("TD", (len(dq), 2 * side.n_rows)))
-        X = _scratch("X", TD.shape)
-        SD, SP, E = np.empty(len(dq)), np.empty(len(dq)), np.empty(len(dq))
+    def predict_coefficients(self, dq, NQ, QC, TD, side, hyper, X, SD, SP, E):
+        """The kernel coefficients X of every (query, training) pair from TD = dq W^T, with
+        their row sums SD, SP and the energies E (see runtime/prediction.py)."""
         self.module.predict_coefficients(dq, side.DT, NQ, side.NT, TD, QC, side.TC, side.TB, side.CB, hyper,
                                          X, SD, SP, E)
-        return X @ side.W + SD[:, None] * dq + SP[:, None] * side.centre, E
 
-    TILE_QUERIES = 16  # queries a task of predict_tiles takes through its tiles together
-
-    def predict_parts_tiled(self, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, parts=None):
-        """predict_parts by the generated tiled loops (no BLAS): the training rows are split
-        into ``parts`` (default: one per Numba thread) summed separately, and every thread takes
-        all queries through its parts' tiles.  The sums depend on ``parts`` only, not on the
-        threads that run them, so one thread given the parts of two gives the same bits."""
-        import numba
-        side = self._checked_side(side, DT, BT)
-        dq, NQ, QC = side.queries(DQ)
-        parts = parts or numba.get_num_threads()
-        bounds = np.linspace(0, side.n_rows, parts + 1).astype(np.int64)
-        ACC = np.empty((parts, len(dq), dq.shape[1]))
-        EP = np.empty((parts, len(dq)))
-        self.module.predict_tiles(dq, NQ, QC, side.centre, side.DT, side.WT, side.NT, side.TC, side.TB, side.CB,
-                                  hyper, bounds, self.TILE_QUERIES, ACC, EP)
-        F = np.empty((len(dq), n_atoms, 3))
-        self.module.forces_from_descriptor_gradients(np.ascontiguousarray(JACQ), self.descriptor.atom_table(n_atoms),
-                                                     ACC.sum(axis=0), F)
-        return EP.sum(axis=0), F
+    def forces_from_descriptor_gradients(self, JACQ, acc, F):
+        """F (Q, N, 3) = J^T acc: forces from descriptor-space sums acc (Q, F)."""
+        self.module.forces_from_descriptor_gradients(np.ascontiguousarray(JACQ),
+                                                     self.descriptor.atom_table(F.shape[1]), acc, F)
 
     def predict_parts_direct(self, DQ, JACQ, DT, BT, hyper, n_atoms):
-        """predict_parts by one plain fused loop per query (no centring, no BLAS, no tiles):
-        the independent check of the fast paths in the tests."""
+        """Energies and forces by one plain fused loop per query (no centring, no BLAS, no
+        tiles): the independent check of the fast paths in the tests."""
         E = np.empty(DQ.shape[0])
         F = np.empty((DQ.shape[0], n_atoms, 3))
         self.module.predict(DQ, JACQ, self.descriptor.atom_table(n_atoms), DT, BT, hyper, E, F)
         return E, F
 
-    def add_energy_weight_terms(self, DQ, JACQ, DT, WT, hyper, E, F):
+    def predict_energy_weights(self, DQ, JACQ, DT, WT, hyper, E, F):
         """E, F += the energy-coefficient terms of a joint energy+force model (in place)."""
-        with numba_threads(threads_for(DQ.shape[0])):
-            self.module.predict_energy_weights(DQ, JACQ, self.descriptor.atom_table(F.shape[1]), DT, WT,
-                                               hyper, E, F)
+        self.module.predict_energy_weights(DQ, JACQ, self.descriptor.atom_table(F.shape[1]), DT, WT,
+                                           hyper, E, F)
 
     def contract(self, JAC, V):
         n_atoms = V.shape[1]
@@ -447,7 +366,8 @@ class CompiledModel:
 class PredictionSide:
     """Training-side arrays of prediction, centred on the training mean ``centre``:
     W = [DT; BT] (2 MP, F), WT = W^T, and the per-row scalars NT = |dt|^2, TC = dt.centre,
-    TB = dt.beta, CB = centre.beta."""
+    TB = dt.beta, CB = centre.beta.  It is the input layout of the generated prediction
+    kernels, so it stays beside them; runtime/prediction.py decides how they are called."""
 
     def __init__(self, DT, BT):
         self.n_rows = DT.shape[0]
@@ -466,21 +386,6 @@ class PredictionSide:
         squared norms NQ and QC = dq.centre + centre.centre (so that dq.dt + QC + TC = d.dt)."""
         dq = DQ - self.centre
         return dq, np.einsum("qf,qf->q", dq, dq), dq @ self.centre + self.cc
-
-
-_THREAD_SCRATCH = threading.local()
-
-
-def _scratch(name, shape):
-    """A scratch array of this thread, reused from call to call: the (chunk, 2 MP) matrices of
-    batched prediction are megabytes, and fresh memory costs page faults every time."""
-    arrays = getattr(_THREAD_SCRATCH, "arrays", None)
-    if arrays is None:
-        arrays = _THREAD_SCRATCH.arrays = {}
-    size = int(np.prod(shape))
-    if name not in arrays or arrays[name].size < size:
-        arrays[name] = np.empty(size)
-    return arrays[name][:size].reshape(shape)
 
 
 # Work on at most this many geometries runs on the calling thread alone.  A parallel region
@@ -516,35 +421,6 @@ def numba_threads(count):
         yield
     finally:
         numba.set_num_threads(before)
-
-
-_POOL = (None, 0)
-
-
-def _chunk_pool():
-    """(executor, threads) for chunks of batched prediction: as many threads as Numba uses,
-    re-made if that number changes."""
-    global _POOL
-    import numba
-    from concurrent.futures import ThreadPoolExecutor
-    threads = numba.get_num_threads()
-    if _POOL[1] != threads:
-        _POOL = (ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gdmlc-predict"), threads)
-    return _POOL
-
-
-_BLAS_CONTROLLER = None
-
-
-def single_threaded_blas():
-    """Context: BLAS on one thread.  Prediction alternates small matrix products with Numba's
-    parallel loops; two thread pools that spin while waiting for each other on the same cores
-    made batches of 10 geometries 20-100x slower on a loaded 2-core machine."""
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _single(x, what):

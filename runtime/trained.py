@@ -1,0 +1,68 @@
+"""What training produces, as one value: everything a model file stores and prediction reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedState:
+    """A trained GDML model's state.  ``alpha`` (M, N, 3): force coefficients; ``B_train``
+    (M, F): them contracted into descriptor space; ``energy_weights`` (M,): the energy
+    coefficients of a joint energy+force model (None for a forces-only one);
+    ``energy_constant``: None when trained without energies (relative energies)."""
+    z: np.ndarray
+    R_train: np.ndarray
+    perms: np.ndarray
+    alpha: np.ndarray
+    D_train: np.ndarray
+    B_train: np.ndarray
+    energy_weights: np.ndarray | None
+    sigma: float
+    lam_used: float
+    label_scale: float
+    energy_constant: float | None
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.z)
+
+    @property
+    def energy_constraints(self) -> bool:
+        return self.energy_weights is not None
+
+    def __eq__(self, other):
+        """Equal values in every field (arrays compared element by element, shapes included)."""
+        if not isinstance(other, TrainedState):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
+    __hash__ = None  # holds arrays
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@dataclass(frozen=True, eq=False)
+class PermutedTraining:
+    """What prediction reads: the training descriptors DT and coefficients BT permuted by
+    every symmetry (M * P, F each), the energy weights WT of each permuted copy (None for a
+    forces-only model) and the kernel's hyperparameter array."""
+    DT: np.ndarray
+    BT: np.ndarray
+    WT: np.ndarray | None
+    hyper: np.ndarray
+
+    @classmethod
+    def of(cls, state: TrainedState, fperms, hyper):
+        f = state.D_train.shape[1]
+        DT = np.ascontiguousarray(state.D_train[:, fperms].reshape(-1, f))
+        BT = np.ascontiguousarray(state.B_train[:, fperms].reshape(-1, f))
+        # the symmetric kernel sums over permuted copies: each copy carries its geometry's weight
+        WT = (None if state.energy_weights is None
+              else np.repeat(np.asarray(state.energy_weights, np.float64), len(fperms)))
+        return cls(DT, BT, WT, hyper)
