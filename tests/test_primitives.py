@@ -209,7 +209,7 @@ def test_cuda_spellings_under_the_simulator():
 def test_generated_module_header_provides_the_numba_names():
     """Every name a numba/numba_vector spelling uses is imported by the generated module's header."""
     scope = {}
-    exec(numba_cpu.module_source("header", [], {}), scope)
+    exec(numba_cpu.module_text("header", [], {}), scope)
     for row in PRIMITIVES.values():
         for column in ("numba", "numba_vector"):
             missing = spelling_names(row, column) - set(scope)

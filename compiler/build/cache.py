@@ -1,9 +1,9 @@
 """Where generated modules live, how they are named, written and loaded.
 
-A module's file name carries a hash of everything that determines its text
-(the DSL source, parameters, the compiler's version and source), so an unchanged DSL function
-reuses both the generated source and Numba's on-disk cache next to it, and a
-changed one gets a fresh module.  Files are written to a temporary name and
+A module's file name carries a hash of everything that determines its text (the target, the
+DSL source, which arguments are parameters, the compiler's version and source; parameter
+values are read at run time), so an unchanged DSL function reuses both the generated source
+and Numba's on-disk cache next to it, and a changed one gets a fresh module.  Files are written to a temporary name and
 renamed, so two processes compiling the same entry never see half a file.
 """
 from __future__ import annotations

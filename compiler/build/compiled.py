@@ -1,94 +1,17 @@
 """Compiled descriptors, kernels and models: Python faces of generated modules."""
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
 
-from compiler.build import cache
 from compiler import checks
-from compiler.targets import numba_cpu, jax_reference
-from compiler.middle.analysis import descriptor_program, kernel_program
-from compiler.library import resolve
-from compiler.front.parser import module_constants, parse_descriptor, parse_kernel
-from compiler.front.records import S, T, DescriptorIR
+from compiler.build import pipeline
+from compiler.front.records import S, T
+from compiler.targets import jax_reference, numba_cpu
 from compiler.middle.structure import KernelStructure
 from compiler.middle.structure import contractions as structure_contractions
-
-
-# --------------------------------------------------------------------------- building
-
-def _params_table(dsl, dir_: DescriptorIR) -> np.ndarray:
-    """(channels, n_params) table: lists give one channel each, numbers broadcast."""
-    from compiler.errors import DSLError
-
-    def error(message):  # the decorator line, where params were written
-        return DSLError(f"descriptor {dsl.name}: {message}", dir_.source.filename,
-                        dir_.source.first_line, 1, "give each parameter a finite number or a list of "
-                        "them; all lists of the same length")
-
-    try:
-        columns = [np.atleast_1d(np.asarray(dsl.params[p], dtype=np.float64)) for p in dir_.param_names]
-    except (TypeError, ValueError):
-        raise error("parameters must be numbers or lists of numbers") from None
-    lengths = {len(c) for c in columns if len(c) > 1}
-    if len(lengths) > 1:
-        raise error(f"parameter lists have different lengths {dict(zip(dir_.param_names, map(len, columns)))}")
-    channels = lengths.pop() if lengths else 1
-    if not columns:
-        return np.zeros((1, 0))
-    if not all(c.ndim == 1 and c.size and np.all(np.isfinite(c)) for c in columns):
-        raise error("parameters must be finite numbers or non-empty flat lists of them")
-    return np.stack([np.broadcast_to(c, (channels,)) for c in columns], axis=1).copy()
-
-
-def _descriptor_metadata(dir_, prog):
-    return {"descriptor": dir_.source.name, "descriptor_file": dir_.source.filename,
-            "descriptor_line": dir_.source.first_line, "over": dir_.over.name,
-            "symmetric": prog.symmetric,
-            "descriptor_ops": [prog.term.ops_before, prog.term.ops_after],
-            "descriptor_notes": list(prog.term.notes)}
-
-
-def _kernel_metadata(kir, prog):
-    return {"kernel": kir.source.name, "kernel_file": kir.source.filename,
-            "kernel_line": kir.source.first_line, "present": prog.present, "guards": prog.guards,
-            "uses": list(prog.uses),
-            "kernel_ops": [prog.coefficients.ops_before, prog.coefficients.ops_after],
-            "kernel_value_ops": [prog.value.ops_before, prog.value.ops_after],
-            "kernel_notes": list(prog.coefficients.notes) + list(prog.value.notes)}
-
-
-def _source_key(dsl, table=None):
-    """Everything the generated text depends on: source, module numbers it reads, parameters."""
-    constants = sorted(module_constants(dsl.fn).items())
-    return (dsl.kind, dsl.source, constants, None if dsl.over is None else dsl.over.name,
-            None if table is None else table.tolist())
-
-
-def _build(stem, key_parts, dir_=None, kir=None):
-    """Generated module for a descriptor, a kernel, or both (a model)."""
-    def build():
-        parts, metadata, titles = [], {}, []
-        if dir_ is not None:
-            dprog = descriptor_program(dir_)
-            parts.append(numba_cpu.descriptor_source(dir_, dprog))
-            metadata.update(_descriptor_metadata(dir_, dprog))
-            titles.append(f"descriptor {dir_.source.name} ({dir_.source.filename}:{dir_.source.first_line})")
-        if kir is not None:
-            kprog = kernel_program(kir)
-            parts.append(numba_cpu.kernel_source(kir, kprog))
-            metadata.update(_kernel_metadata(kir, kprog))
-            titles.append(f"kernel {kir.source.name} ({kir.source.filename}:{kir.source.first_line})")
-            if dir_ is not None:
-                parts.append(numba_cpu.model_source(kprog))
-        return numba_cpu.module_source("gdmlc kernels for " + " and ".join(titles), parts, metadata)
-
-    start = time.perf_counter()
-    module, path, built = cache.get_or_build(stem, cache.content_hash(*key_parts), build)
-    return module, path, built, time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------- descriptor
@@ -433,23 +356,18 @@ def _single(x, what):
 # --------------------------------------------------------------------------- public API
 
 def compile_descriptor(descriptor) -> CompiledDescriptor:
-    dsl = resolve(descriptor, "descriptor")
-    dir_ = parse_descriptor(dsl)
-    table = _params_table(dsl, dir_)
-    built = _build(f"descriptor_{dsl.name}", _source_key(dsl, table), dir_=dir_)
-    return CompiledDescriptor(dsl, dir_, table, *built)
+    dsl, parsed = pipeline.front(descriptor, "descriptor")
+    table = pipeline.params_table(dsl, parsed.ir)
+    return CompiledDescriptor(dsl, parsed.ir, table, *pipeline.build(numba_cpu.TARGET, descriptor=parsed))
 
 
 def compile_kernel(kernel) -> CompiledKernel:
-    dsl = resolve(kernel, "kernel")
-    kir = parse_kernel(dsl)
-    return CompiledKernel(dsl, kir, *_build(f"kernel_{dsl.name}", _source_key(dsl), kir=kir))
+    dsl, parsed = pipeline.front(kernel, "kernel")
+    return CompiledKernel(dsl, parsed.ir, *pipeline.build(numba_cpu.TARGET, kernel=parsed))
 
 
 def compile_model(descriptor, kernel) -> CompiledModel:
-    ddsl, kdsl = resolve(descriptor, "descriptor"), resolve(kernel, "kernel")
-    dir_, kir = parse_descriptor(ddsl), parse_kernel(kdsl)
-    table = _params_table(ddsl, dir_)
-    built = _build(f"model_{ddsl.name}_{kdsl.name}", (_source_key(ddsl, table), _source_key(kdsl)),
-                   dir_=dir_, kir=kir)
-    return CompiledModel(CompiledDescriptor(ddsl, dir_, table, *built), CompiledKernel(kdsl, kir, *built))
+    (ddsl, dparsed), (kdsl, kparsed) = pipeline.front(descriptor, "descriptor"), pipeline.front(kernel, "kernel")
+    table = pipeline.params_table(ddsl, dparsed.ir)
+    built = pipeline.build(numba_cpu.TARGET, descriptor=dparsed, kernel=kparsed)
+    return CompiledModel(CompiledDescriptor(ddsl, dparsed.ir, table, *built), CompiledKernel(kdsl, kparsed.ir, *built))

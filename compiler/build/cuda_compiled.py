@@ -11,18 +11,12 @@ the simulator is decided at that import (NUMBA_ENABLE_CUDASIM=1).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from compiler.build import cache
 from compiler import checks
+from compiler.build import pipeline
+from compiler.build.compiled import CompiledModel, compile_model
 from compiler.targets import numba_cuda
-from compiler.middle.analysis import descriptor_program, kernel_program
-from compiler.build.compiled import (CompiledModel, _descriptor_metadata, _kernel_metadata, _params_table,
-                       _source_key, compile_model)
-from compiler.library import resolve
-from compiler.front.parser import parse_descriptor, parse_kernel
 
 THREADS_2D = (8, 16)      # threads per block of the 2D grids, (x, y): x is the fastest-varying index
 SIMULATOR_REDUCE_THREADS = 2  # the simulator runs a Python thread per CUDA thread: keep blocks small
@@ -279,18 +273,8 @@ class CudaCompiledModel:
 
 
 def compile_cuda_model(descriptor, kernel) -> CudaCompiledModel:
-    """The CUDA kernels of (descriptor, kernel), generated into generated/ beside the CPU module."""
-    cpu = compile_model(descriptor, kernel)
-    ddsl, kdsl = resolve(descriptor, "descriptor"), resolve(kernel, "kernel")
-    dir_, kir = parse_descriptor(ddsl), parse_kernel(kdsl)
-    table = _params_table(ddsl, dir_)
-
-    def build():
-        dprog, kprog = descriptor_program(dir_), kernel_program(kir)
-        metadata = {**_descriptor_metadata(dir_, dprog), **_kernel_metadata(kir, kprog), "target": "cuda"}
-        return numba_cuda.module_source(dir_, dprog, kir, kprog, metadata)
-
-    start = time.perf_counter()
-    key = cache.content_hash("cuda", _source_key(ddsl, table), _source_key(kdsl))
-    module, path, built = cache.get_or_build(f"cuda_model_{ddsl.name}_{kdsl.name}", key, build)
-    return CudaCompiledModel(cpu, module, path, built, time.perf_counter() - start)
+    """The CUDA kernels of (descriptor, kernel), generated into generated/ beside the CPU module
+    (the pipeline parsed and analysed both functions for the CPU model already)."""
+    (ddsl, dparsed), (kdsl, kparsed) = pipeline.front(descriptor, "descriptor"), pipeline.front(kernel, "kernel")
+    cpu = compile_model(ddsl, kdsl)
+    return CudaCompiledModel(cpu, *pipeline.build(numba_cuda.TARGET, descriptor=dparsed, kernel=kparsed))

@@ -31,7 +31,6 @@ from functools import cached_property
 import numpy as np
 
 from compiler.middle import ad, ir
-from compiler.targets.spelling import spell as _spell_ir
 from compiler.front.records import S, T
 
 BASIS = ("delta", "d", "dp", "beta")
@@ -388,20 +387,3 @@ def contractions(vectors: dict) -> dict:
     """The contraction variables w . beta from basis vectors (numpy, last axis features)."""
     return {name: np.sum(vectors[w] * vectors["beta"], axis=-1) for w, name in CONTRACTION.items()
             if w in vectors and "beta" in vectors}
-
-
-def spell(expr: ir.Expr, style: str = "numba", names: dict | None = None) -> str:
-    """Source text of a structure expression for a template (outer parentheses dropped)."""
-    text = _spell_ir(expr, style, names)
-    if text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
-        text = text[1:-1]
-    return text
-
-
-def _balanced(text: str) -> bool:
-    depth = 0
-    for ch in text:
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth < 0:
-            return False
-    return depth == 0

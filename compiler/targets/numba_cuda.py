@@ -14,30 +14,23 @@ so the CPU solver and the CPU prediction read what these kernels write.
 """
 from __future__ import annotations
 
-from compiler.middle.analysis import DescriptorProgram, KernelProgram
-from compiler.targets.numba_cpu import (describe_terms, h_beta_coefficients, partials_tuple, quote_source, rank_one_terms,
-                      unpack_lines)
-from compiler.targets.spelling import program_lines
-from compiler.middle.structure import spell
 from compiler.front.records import DescriptorIR, KernelIR
+from compiler.middle.analysis import DescriptorProgram, KernelProgram
+from compiler.targets.base import ModuleTarget, Plan
+from compiler.targets.common import (describe_terms, h_beta_spelled, partials_tuple, quote_source, rank_one_terms,
+                                     site_term_lines, unpack_lines)
+from compiler.targets.spelling import program_lines, spell_term
 
 DEVICE = "@cuda.jit(device=True)"
 KERNEL = "@cuda.jit"
 REDUCE_THREADS = 128  # threads per block in the tree reductions (a power of two)
+STYLE = "cuda"  # the primitive table's column for device code
 
 
 def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR,
                      kprog: KernelProgram) -> list:
     """site_term and kernel_coefficients as CUDA device functions."""
-    out_names = ["value"] + [f"d_{v}" for v in dir_.over.position_vars]
-    args = ", ".join([*dir_.over.position_vars, *dir_.over.z_vars, "params"])
-    lines = [*quote_source(dir_.source), DEVICE, f"def site_term({args}):",
-             f'    """One feature term of {dir_.source.name} and its gradient in ri and rj '
-             f'(from {dir_.source.filename}:{dir_.body_line})."""']
-    lines += unpack_lines(dir_.param_names, "params")
-    lines += program_lines(dprog.term, "cuda", out_names)
-    lines += [f"    return {', '.join(out_names)}", "", ""]
-
+    lines = site_term_lines(dir_, dprog, DEVICE, STYLE)
     lines += [*quote_source(kir.source)]
     lines += [f"# at s = 0: {note}" for note in kprog.guards]
     lines += [DEVICE, "def kernel_coefficients(s, t, hyper):",
@@ -45,7 +38,7 @@ def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR
               f'(from {kir.source.filename}:{kir.body_line}),',
               '    with s = |d - dp|^2 and t = d . dp (by gdmlc AD, simplified)."""']
     lines += unpack_lines(kir.hyper_names, "hyper")
-    lines += program_lines(kprog.coefficients, "cuda", kprog.partials)
+    lines += program_lines(kprog.coefficients, STYLE, kprog.partials)
     lines += [f"    return {partials_tuple(kprog)}", "", ""]
     return lines
 
@@ -65,35 +58,38 @@ def descriptor_kernel(dir_: DescriptorIR) -> list:
     return lines + [*space.cuda_site(space.site_call("R[m, {atom}, {k}]")), "", ""]
 
 
-def assembly_kernel(kprog: KernelProgram) -> list:
-    structure = kprog.structure
-    identity = spell(structure.hessian.identity, "cuda")
-    terms = rank_one_terms(structure.hessian)
+def block_coefficients(kprog: KernelProgram) -> list:
     partials = partials_tuple(kprog)
+    return [KERNEL, "def block_coefficients(D, fperms, hyper, pair_i, pair_j, COEF):",
+            f'    """Thread (q, p) owns COEF[q, p] = ({partials}) at s = |d_i - d_j[P]|^2,',
+            '    t = d_i . d_j[P] for block pair q = (pair_i[q], pair_j[q]) and permutation p."""',
+            "    q, p = cuda.grid(2)",
+            "    if q >= pair_i.shape[0] or p >= fperms.shape[0]:",
+            "        return",
+            "    i = pair_i[q]",
+            "    j = pair_j[q]",
+            "    s = 0.0",
+            "    t = 0.0",
+            "    for f in range(D.shape[1]):",
+            "        b = D[j, fperms[p, f]]",
+            "        diff = D[i, f] - b",
+            "        s += diff * diff",
+            "        t += D[i, f] * b",
+            f"    {partials} = kernel_coefficients(s, t, hyper)",
+            *[f"    COEF[q, p, {k}] = {name}" for k, name in enumerate(kprog.partials)],
+            "", ""]
+
+
+def assemble_blocks(kprog: KernelProgram) -> list:
+    structure = kprog.structure
+    identity = spell_term(structure.hessian.identity, STYLE)
+    terms = rank_one_terms(structure.hessian)
     lefts = sorted({a for _, a, _ in terms})
     rights = sorted({b for _, _, b in terms})
     # left vectors are read on atom A's features, right vectors on atom B's features of J_j[P]
     left_scale = {"u_delta": "diff", "u_dp": "b", "u_d": "D[i, f]"}
     right_scale = {"w_delta": "diff", "w_d": "D[i, f]", "w_dp": "D[j, g]"}
-    L = [KERNEL, "def block_coefficients(D, fperms, hyper, pair_i, pair_j, COEF):",
-         f'    """Thread (q, p) owns COEF[q, p] = ({partials}) at s = |d_i - d_j[P]|^2,',
-         '    t = d_i . d_j[P] for block pair q = (pair_i[q], pair_j[q]) and permutation p."""',
-         "    q, p = cuda.grid(2)",
-         "    if q >= pair_i.shape[0] or p >= fperms.shape[0]:",
-         "        return",
-         "    i = pair_i[q]",
-         "    j = pair_j[q]",
-         "    s = 0.0",
-         "    t = 0.0",
-         "    for f in range(D.shape[1]):",
-         "        b = D[j, fperms[p, f]]",
-         "        diff = D[i, f] - b",
-         "        s += diff * diff",
-         "        t += D[i, f] * b",
-         f"    {partials} = kernel_coefficients(s, t, hyper)",
-         *[f"    COEF[q, p, {k}] = {name}" for k, name in enumerate(kprog.partials)],
-         "", "",
-         KERNEL, "def assemble_blocks(D, JAC, atoms, incidence, fperms, inverse_fperms, COEF, pair_i, pair_j, K):",
+    L = [KERNEL, "def assemble_blocks(D, JAC, atoms, incidence, fperms, inverse_fperms, COEF, pair_i, pair_j, K):",
          '    """Training-matrix blocks (i, j >= i) for the block pairs (pair_i[q], pair_j[q]):',
          "    K[i*3N:(i+1)*3N, j*3N:(j+1)*3N] = sum over permutations P of J_i^T H(d_i, d_j[P]) J_j[P],",
          f"    H = ({identity}) I + rank-one terms: {describe_terms(terms)}.",
@@ -154,7 +150,7 @@ def assembly_kernel(kprog: KernelProgram) -> list:
               "            f = inverse_fperms[p, g]",
               "            diff = D[i, f] - D[j, g]"]
         L += [f"            {w}_{c} += JAC[j, g, l, {c}] * {right_scale[w]}" for w in rights for c in range(3)]
-        L += [f"        r{n} = {spell(coef, 'cuda')}" for n, (coef, _, _) in enumerate(terms)]
+        L += [f"        r{n} = {spell_term(coef, STYLE)}" for n, (coef, _, _) in enumerate(terms)]
         for c in range(3):
             for d in range(3):
                 L.append(f"        k{c}{d} += " + " + ".join(f"r{n} * {u}_{c} * {w}_{d}"
@@ -168,120 +164,138 @@ def assembly_kernel(kprog: KernelProgram) -> list:
     return L
 
 
-def prediction_kernels(kprog: KernelProgram) -> list:
-    h_beta = {name: spell(c, "cuda") for name, c in h_beta_coefficients(kprog).items()}
-    L = [KERNEL, "def pair_coefficients(DQ, DT, BT, hyper, COEF):",
-         '    """Thread (m, q) owns COEF[q, m] = (c_identity, c_delta, c_dp, energy term) of query q',
-         "    against permuted training point m, so that H(d_q, dt_m) bt_m =",
-         "    c_identity bt_m + c_delta (d_q - dt_m) + c_dp dt_m and the energy is the sum over m of",
-         '    the last column (it is -grad_dp k . bt_m)."""',
-         "    m, q = cuda.grid(2)  # m fastest: a warp shares one query and reads neighbouring rows",
-         "    if q >= DQ.shape[0] or m >= DT.shape[0]:",
-         "        return",
-         "    s = 0.0", "    t = 0.0", "    delta_beta = 0.0", "    d_beta = 0.0",
-         "    for f in range(DQ.shape[1]):",
-         "        diff = DQ[q, f] - DT[m, f]",
-         "        s += diff * diff",
-         "        t += DQ[q, f] * DT[m, f]",
-         "        delta_beta += diff * BT[m, f]",
-         "        d_beta += DQ[q, f] * BT[m, f]",
-         f"    {partials_tuple(kprog)} = kernel_coefficients(s, t, hyper)",
-         f"    COEF[q, m, 0] = {h_beta['c_identity']}",
-         f"    COEF[q, m, 1] = {h_beta['c_delta']}",
-         f"    COEF[q, m, 2] = {h_beta['c_dp']}",
-         f"    COEF[q, m, 3] = {spell(kprog.structure.energy_term, 'cuda')}",
-         "", "",
-         DEVICE, "def block_tree_sum(partial, tid):",
-         '    """partial[0] = the sum of partial[0:blockDim.x] (a power of two), by a shared-memory tree;',
-         '    every thread of the block must call it."""',
-         "    cuda.syncthreads()",
-         "    width = cuda.blockDim.x // 2",
-         "    while width > 0:",
-         "        if tid < width:",
-         "            partial[tid] += partial[tid + width]",
-         "        cuda.syncthreads()",
-         "        width //= 2",
-         "", "",
-         KERNEL, "def sum_features(DQ, DT, BT, COEF, ACC):",
-         '    """Block (q, f): ACC[q, f] = sum over m of (H(d_q, dt_m) bt_m)[f]; each thread sums a',
-         "    strided share of m, then a shared-memory tree adds the partial sums (blockDim.x threads,",
-         '    a power of two; blockDim.x * 8 bytes of dynamic shared memory)."""',
-         "    q = cuda.blockIdx.x",
-         "    f = cuda.blockIdx.y",
-         "    tid = cuda.threadIdx.x",
-         "    partial = cuda.shared.array(0, float64)  # dynamic: one buffer per block, sized at launch",
-         "    total = 0.0",
-         "    if q < DQ.shape[0] and f < DQ.shape[1]:",
-         "        for m in range(tid, DT.shape[0], cuda.blockDim.x):",
-         "            total += (COEF[q, m, 0] * BT[m, f] + COEF[q, m, 1] * (DQ[q, f] - DT[m, f])",
-         "                      + COEF[q, m, 2] * DT[m, f])",
-         "    partial[tid] = total",
-         "    block_tree_sum(partial, tid)",
-         "    if tid == 0 and q < DQ.shape[0] and f < DQ.shape[1]:",
-         "        ACC[q, f] = partial[0]",
-         "", "",
-         KERNEL, "def sum_energies(COEF, E):",
-         '    """Block q: E[q] = sum over m of COEF[q, m, 3], by a shared-memory tree."""',
-         "    q = cuda.blockIdx.x",
-         "    tid = cuda.threadIdx.x",
-         "    partial = cuda.shared.array(0, float64)  # dynamic: one buffer per block, sized at launch",
-         "    total = 0.0",
-         "    if q < COEF.shape[0]:",
-         "        for m in range(tid, COEF.shape[1], cuda.blockDim.x):",
-         "            total += COEF[q, m, 3]",
-         "    partial[tid] = total",
-         "    block_tree_sum(partial, tid)",
-         "    if tid == 0 and q < COEF.shape[0]:",
-         "        E[q] = partial[0]",
-         "", "",
-         KERNEL, "def forces_from_features(JACQ, incidence, ACC, F):",
-         '    """Thread (q, atom A) owns F[q, A] = (J_q^T ACC[q])[A], summed over the (feature, slot)',
-         '    pairs that touch atom A."""',
-         "    q, A = cuda.grid(2)",
-         "    if q >= JACQ.shape[0] or A >= incidence.shape[0]:",
-         "        return",
-         "    f0 = 0.0", "    f1 = 0.0", "    f2 = 0.0",
-         "    for e in range(incidence.shape[1]):",
-         "        f = incidence[A, e, 0]",
-         "        if f < 0:",
-         "            break",
-         "        k = incidence[A, e, 1]",
-         "        a = ACC[q, f]",
-         "        f0 += JACQ[q, f, k, 0] * a",
-         "        f1 += JACQ[q, f, k, 1] * a",
-         "        f2 += JACQ[q, f, k, 2] * a",
-         "    F[q, A, 0] = f0", "    F[q, A, 1] = f1", "    F[q, A, 2] = f2",
-         "", "",
-         KERNEL, "def contract(JAC, atoms, V, B):",
-         '    """Thread (m, f) owns B[m, f] = (J(x_m) V[m])[f]: descriptor-space vectors from atom-space',
-         '    V (M, N, 3)."""',
-         "    m, f = cuda.grid(2)",
-         "    if m >= JAC.shape[0] or f >= atoms.shape[0]:",
-         "        return",
-         "    total = 0.0",
-         "    for k in range(atoms.shape[1]):",
-         "        a = atoms[f, k]",
-         "        total += JAC[m, f, k, 0] * V[m, a, 0] + JAC[m, f, k, 1] * V[m, a, 1] + JAC[m, f, k, 2] * V[m, a, 2]",
-         "    B[m, f] = total",
-         "", "",
-         KERNEL, "def permute_features(X, fperms, XP):",
-         '    """Thread (m, p) owns row m * P + p of XP: XP[m * P + p, f] = X[m, fperms[p, f]]."""',
-         "    m, p = cuda.grid(2)",
-         "    if m >= X.shape[0] or p >= fperms.shape[0]:",
-         "        return",
-         "    r = m * fperms.shape[0] + p",
-         "    for f in range(X.shape[1]):",
-         "        XP[r, f] = X[m, fperms[p, f]]",
-         "", ""]
-    return L
+def pair_coefficients(kprog: KernelProgram) -> list:
+    h_beta = h_beta_spelled(kprog, STYLE)
+    return [KERNEL, "def pair_coefficients(DQ, DT, BT, hyper, COEF):",
+            '    """Thread (m, q) owns COEF[q, m] = (c_identity, c_delta, c_dp, energy term) of query q',
+            "    against permuted training point m, so that H(d_q, dt_m) bt_m =",
+            "    c_identity bt_m + c_delta (d_q - dt_m) + c_dp dt_m and the energy is the sum over m of",
+            '    the last column (it is -grad_dp k . bt_m)."""',
+            "    m, q = cuda.grid(2)  # m fastest: a warp shares one query and reads neighbouring rows",
+            "    if q >= DQ.shape[0] or m >= DT.shape[0]:",
+            "        return",
+            "    s = 0.0", "    t = 0.0", "    delta_beta = 0.0", "    d_beta = 0.0",
+            "    for f in range(DQ.shape[1]):",
+            "        diff = DQ[q, f] - DT[m, f]",
+            "        s += diff * diff",
+            "        t += DQ[q, f] * DT[m, f]",
+            "        delta_beta += diff * BT[m, f]",
+            "        d_beta += DQ[q, f] * BT[m, f]",
+            f"    {partials_tuple(kprog)} = kernel_coefficients(s, t, hyper)",
+            f"    COEF[q, m, 0] = {h_beta['c_identity']}",
+            f"    COEF[q, m, 1] = {h_beta['c_delta']}",
+            f"    COEF[q, m, 2] = {h_beta['c_dp']}",
+            f"    COEF[q, m, 3] = {spell_term(kprog.structure.energy_term, STYLE)}",
+            "", ""]
 
 
-def module_source(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR, kprog: KernelProgram,
-                  metadata: dict) -> str:
-    title = (f"gdmlc CUDA kernels for descriptor {dir_.source.name} "
-             f"({dir_.source.filename}:{dir_.source.first_line}) and kernel {kir.source.name} "
-             f"({kir.source.filename}:{kir.source.first_line})")
-    header = [f'"""{title}', "",
+def tree_sums(kprog: KernelProgram) -> list:
+    """block_tree_sum and the two reductions over training points that use it."""
+    return [DEVICE, "def block_tree_sum(partial, tid):",
+            '    """partial[0] = the sum of partial[0:blockDim.x] (a power of two), by a shared-memory tree;',
+            '    every thread of the block must call it."""',
+            "    cuda.syncthreads()",
+            "    width = cuda.blockDim.x // 2",
+            "    while width > 0:",
+            "        if tid < width:",
+            "            partial[tid] += partial[tid + width]",
+            "        cuda.syncthreads()",
+            "        width //= 2",
+            "", "",
+            KERNEL, "def sum_features(DQ, DT, BT, COEF, ACC):",
+            '    """Block (q, f): ACC[q, f] = sum over m of (H(d_q, dt_m) bt_m)[f]; each thread sums a',
+            "    strided share of m, then a shared-memory tree adds the partial sums (blockDim.x threads,",
+            '    a power of two; blockDim.x * 8 bytes of dynamic shared memory)."""',
+            "    q = cuda.blockIdx.x",
+            "    f = cuda.blockIdx.y",
+            "    tid = cuda.threadIdx.x",
+            "    partial = cuda.shared.array(0, float64)  # dynamic: one buffer per block, sized at launch",
+            "    total = 0.0",
+            "    if q < DQ.shape[0] and f < DQ.shape[1]:",
+            "        for m in range(tid, DT.shape[0], cuda.blockDim.x):",
+            "            total += (COEF[q, m, 0] * BT[m, f] + COEF[q, m, 1] * (DQ[q, f] - DT[m, f])",
+            "                      + COEF[q, m, 2] * DT[m, f])",
+            "    partial[tid] = total",
+            "    block_tree_sum(partial, tid)",
+            "    if tid == 0 and q < DQ.shape[0] and f < DQ.shape[1]:",
+            "        ACC[q, f] = partial[0]",
+            "", "",
+            KERNEL, "def sum_energies(COEF, E):",
+            '    """Block q: E[q] = sum over m of COEF[q, m, 3], by a shared-memory tree."""',
+            "    q = cuda.blockIdx.x",
+            "    tid = cuda.threadIdx.x",
+            "    partial = cuda.shared.array(0, float64)  # dynamic: one buffer per block, sized at launch",
+            "    total = 0.0",
+            "    if q < COEF.shape[0]:",
+            "        for m in range(tid, COEF.shape[1], cuda.blockDim.x):",
+            "            total += COEF[q, m, 3]",
+            "    partial[tid] = total",
+            "    block_tree_sum(partial, tid)",
+            "    if tid == 0 and q < COEF.shape[0]:",
+            "        E[q] = partial[0]",
+            "", ""]
+
+
+def forces_from_features(kprog: KernelProgram) -> list:
+    return [KERNEL, "def forces_from_features(JACQ, incidence, ACC, F):",
+            '    """Thread (q, atom A) owns F[q, A] = (J_q^T ACC[q])[A], summed over the (feature, slot)',
+            '    pairs that touch atom A."""',
+            "    q, A = cuda.grid(2)",
+            "    if q >= JACQ.shape[0] or A >= incidence.shape[0]:",
+            "        return",
+            "    f0 = 0.0", "    f1 = 0.0", "    f2 = 0.0",
+            "    for e in range(incidence.shape[1]):",
+            "        f = incidence[A, e, 0]",
+            "        if f < 0:",
+            "            break",
+            "        k = incidence[A, e, 1]",
+            "        a = ACC[q, f]",
+            "        f0 += JACQ[q, f, k, 0] * a",
+            "        f1 += JACQ[q, f, k, 1] * a",
+            "        f2 += JACQ[q, f, k, 2] * a",
+            "    F[q, A, 0] = f0", "    F[q, A, 1] = f1", "    F[q, A, 2] = f2",
+            "", ""]
+
+
+def contract(kprog: KernelProgram) -> list:
+    return [KERNEL, "def contract(JAC, atoms, V, B):",
+            '    """Thread (m, f) owns B[m, f] = (J(x_m) V[m])[f]: descriptor-space vectors from atom-space',
+            '    V (M, N, 3)."""',
+            "    m, f = cuda.grid(2)",
+            "    if m >= JAC.shape[0] or f >= atoms.shape[0]:",
+            "        return",
+            "    total = 0.0",
+            "    for k in range(atoms.shape[1]):",
+            "        a = atoms[f, k]",
+            "        total += JAC[m, f, k, 0] * V[m, a, 0] + JAC[m, f, k, 1] * V[m, a, 1] + JAC[m, f, k, 2] * V[m, a, 2]",
+            "    B[m, f] = total",
+            "", ""]
+
+
+def permute_features(kprog: KernelProgram) -> list:
+    return [KERNEL, "def permute_features(X, fperms, XP):",
+            '    """Thread (m, p) owns row m * P + p of XP: XP[m * P + p, f] = X[m, fperms[p, f]]."""',
+            "    m, p = cuda.grid(2)",
+            "    if m >= X.shape[0] or p >= fperms.shape[0]:",
+            "        return",
+            "    r = m * fperms.shape[0] + p",
+            "    for f in range(X.shape[1]):",
+            "        XP[r, f] = X[m, fperms[p, f]]",
+            "", ""]
+
+
+# the model's kernels, in module order (each function above writes one or a few)
+MODEL_KERNELS = (block_coefficients, assemble_blocks, pair_coefficients, tree_sums, forces_from_features, contract,
+                 permute_features)
+
+
+def module_source(plan: Plan) -> str:
+    """The CUDA module of a model plan (descriptor and kernel together)."""
+    if not plan.is_model:
+        raise ValueError("the CUDA target compiles models (a descriptor and a kernel together)")
+    dir_, dprog, kir, kprog = plan.descriptor, plan.descriptor_program, plan.kernel, plan.kernel_program
+    metadata = {**plan.metadata, "target": "cuda"}
+    header = [f'"""gdmlc CUDA kernels for {plan.title}', "",
               "Generated by gdmlc from the same IR and rule table as the CPU module; do not edit: it is",
               "rebuilt whenever the DSL source or the compiler changes (the file name carries a hash of",
               'both). Run under NUMBA_ENABLE_CUDASIM=1 to execute it without a GPU."""',
@@ -290,5 +304,8 @@ def module_source(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR, k
               f"KERNEL_PARTIALS = {tuple(kprog.partials)!r}  # the columns of block_coefficients' COEF",
               f"REDUCE_THREADS = {REDUCE_THREADS}  # most threads per block of the tree reductions (a power of two)", "", ""]
     parts = [device_functions(dir_, dprog, kir, kprog), descriptor_kernel(dir_),
-             assembly_kernel(kprog), prediction_kernels(kprog)]
+             *(kernel(kprog) for kernel in MODEL_KERNELS)]
     return "\n".join(header + [line for part in parts for line in part]).rstrip() + "\n"
+
+
+TARGET = ModuleTarget("numba_cuda", STYLE, stem_prefix="cuda_", emit=module_source)

@@ -40,3 +40,21 @@ def program_lines(program, style: str, output_names, names=None, indent="    "):
     lines = [f"{indent}{name} = {spell(e, style, names)}" for name, e in program.assignments]
     lines += [f"{indent}{out} = {spell(e, style, names)}" for out, e in zip(output_names, program.outputs)]
     return lines
+
+
+def spell_term(expr, style: str = "numba", names: dict | None = None) -> str:
+    """Source text of one expression spliced into a template (the structure's coefficients,
+    energy term, ...): as :func:`spell`, with redundant outer parentheses dropped."""
+    text = spell(expr, style, names)
+    if text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
+        text = text[1:-1]
+    return text
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
