@@ -14,8 +14,9 @@ and each process measures, with public functions that both trees have:
   assemblies, so that page faults, which depend on the host and not on the code, stay out;
   see benchmarks/assembly_profile.py);
 * Cholesky: ``runtime.solver.cholesky_solve_inplace`` on that matrix;
-* prediction: ``GDML.predict`` geometries/s at each batch size (median of calls of >= 0.5 s),
-  on a model trained by ``GDML.fit`` with the same frames, sigma and permutations.
+* prediction: ``GDML.predict`` geometries/s at each batch size (median of calls of >= 0.5 s)
+  on test_01 geometries, by a model trained by ``GDML.fit`` with the same frames, sigma and
+  permutations.
 
 It prints medians per tree and the ratio this/other (below 1: this tree is faster for times,
 above 1 faster for throughput), and writes every sample as JSON with --json.
@@ -79,7 +80,7 @@ def measure(molecule, m, sigma, seed, batches):
     out["cholesky_s"] = time.perf_counter() - t
     del K
     model.fit(R, F, E, z)
-    pool = train.R[np.setdiff1d(np.arange(len(train.R)), idx)]
+    pool = load_dataset(DATA / f"rmd17_{molecule}_test_01.npz", labels="old").R  # held-out geometries
     for b in batches:
         Rb = pool[np.arange(b) % len(pool)]
         model.predict(Rb)  # first call: compile, caches
