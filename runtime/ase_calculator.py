@@ -3,6 +3,7 @@
     from runtime.ase_calculator import GDMLCalculator
     atoms.calc = GDMLCalculator("model.npz")        # or GDMLCalculator(trained_gdml)
     atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc.get_hessian(atoms)                   # eV/Å², (3N, 3N); see runtime/vibrations.py
 
 Units.  A model predicts in the units of its training data.  Models trained
 with ``gdmlc train`` record them in ``model.info["energy_unit"]`` and
@@ -81,7 +82,9 @@ class GDMLCalculator(Calculator):
     arguments go to ``ase.calculators.calculator.Calculator``.
     """
 
-    implemented_properties = ["energy", "forces"]
+    # "hessian": d2E/dx2 (3N, 3N) in eV/Å², rows 3a + c for atom a, coordinate c (as
+    # ase.vibrations.VibrationsData.from_2d reads it); computed only when asked for
+    implemented_properties = ["energy", "forces", "hessian"]
 
     def __init__(self, model_path_or_GDML, energy_unit=None, length_unit=None, **kwargs):
         super().__init__(**kwargs)
@@ -126,8 +129,16 @@ class GDMLCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self.check_species(self.atoms)
         positions = self.atoms.get_positions() / self.length_factor  # in model length units
-        energy, forces = self.model.predict(positions, progress=False)
+        if "hessian" in properties:
+            energy, forces, hessian = self.model.predict(positions, progress=False, hessian=True)
+            self.results["hessian"] = np.asarray(hessian) * (self.energy_factor / self.length_factor ** 2)
+        else:
+            energy, forces = self.model.predict(positions, progress=False)
         energy = float(energy) * self.energy_factor
         self.results["energy"] = energy
         self.results["free_energy"] = energy  # no electronic entropy: what ASE's optimisers may ask for
         self.results["forces"] = np.asarray(forces) * (self.energy_factor / self.length_factor)
+
+    def get_hessian(self, atoms=None):
+        """d2E/dx2 (3N, 3N) in eV/Å² at ``atoms`` (default: the last ones)."""
+        return self.get_property("hessian", atoms)

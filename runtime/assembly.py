@@ -12,7 +12,9 @@ import resource
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
+from .packed import PackedMatrix, packed_size
 from .progress import Progress
 
 UNLIMITED = 2 ** 60  # cgroup v1 writes "no limit" as about 2^63
@@ -119,16 +121,34 @@ def rlimit_room(status="/proc/self/status", rlimits=None) -> list[int]:
     return room
 
 
-def check_memory(n_rows: int, what="training matrix", fraction=0.9) -> int:
-    """Refuse (with the size needed) rather than swap or be killed."""
-    needed = n_rows * n_rows * 8
+def check_memory(n_rows: int, what="training matrix", fraction=0.9, packed=True) -> int:
+    """Refuse (with the size needed) rather than swap or be killed.  ``packed``: the matrix is
+    kept as one triangle (runtime/packed.py), else as the full n x n array."""
+    needed = training_matrix_bytes(n_rows, packed)
     available = available_memory_bytes()
     if available is not None and needed > fraction * available:
+        layout = "one triangle of " if packed else ""
         raise MemoryLimitError(
-            f"the {what} needs {needed / 2**30:.1f} GiB ({n_rows} x {n_rows} float64) but only "
+            f"the {what} needs {needed / 2**30:.1f} GiB ({layout}{n_rows} x {n_rows} float64) but only "
             f"{available / 2**30:.1f} GiB are available; use fewer training points "
             f"(it grows with the square of n_train)")
     return needed
+
+
+def training_matrix_bytes(n_rows: int, packed=True) -> int:
+    return 8 * (packed_size(n_rows) if packed else n_rows * n_rows)
+
+
+def dense_fits(n_rows: int, fraction=0.9) -> bool:
+    """Whether the dense solve's packed n x n matrix fits in the memory available now."""
+    available = available_memory_bytes()
+    return available is None or training_matrix_bytes(n_rows) <= fraction * available
+
+
+def allocate_training_matrix(m: int, n_atoms: int, energy_rows=False) -> PackedMatrix:
+    """The packed training matrix of M geometries (memory checked first)."""
+    check_memory(3 * n_atoms * m + (m if energy_rows else 0))
+    return PackedMatrix.for_training(m, n_atoms, energy_rows)
 
 
 def interleaved_rows(m: int) -> np.ndarray:
@@ -143,12 +163,15 @@ def assemble(model, D, JAC, fperms, hyper, n_atoms, out=None, progress=True, chu
     """The (3NM, 3NM) force-field kernel matrix, block upper triangle filled.
 
     With ``energy_rows`` the matrix of joint energy+force training, (3NM + M)^2:
-    M energy rows and columns follow the force ones."""
+    M energy rows and columns follow the force ones.  ``out``: a C-ordered full matrix (made
+    when None) or a PackedMatrix (runtime/packed.py), written panel by panel."""
     m = D.shape[0]
     n3m = 3 * n_atoms * m
     size = n3m + (m if energy_rows else 0)
+    if isinstance(out, PackedMatrix):
+        return assemble_packed(model, D, JAC, fperms, hyper, n_atoms, out, progress, energy_rows)
     if out is None:
-        check_memory(size)
+        check_memory(size, packed=False)
         out = np.empty((size, size))
     if out.shape != (size, size) or not out.flags.c_contiguous:
         raise ValueError(f"assembly needs a C-ordered ({size}, {size}) matrix, got {out.shape}")
@@ -163,3 +186,47 @@ def assemble(model, D, JAC, fperms, hyper, n_atoms, out=None, progress=True, chu
     if energy_rows:
         model.assemble_energy_rows(D, JAC, fperms, hyper, out, n_atoms)
     return out
+
+
+def assemble_packed(model, D, JAC, fperms, hyper, n_atoms, out: PackedMatrix, progress=True, energy_rows=False):
+    """The training matrix into packed storage: each force panel's block rows written by the
+    compiled kernel straight into the panel; energy columns through a small scratch."""
+    m = D.shape[0]
+    n3 = 3 * n_atoms
+    n3m = n3 * m
+    _check_packed_layout(out, n3, n3m, n3m + (m if energy_rows else 0))
+    with Progress(m * (m + 1) // 2, "assembly", enabled=progress) as bar:  # in block pairs
+        for p, (start, end) in enumerate(zip(out.starts[:-1], out.starts[1:])):
+            if start >= n3m:
+                break
+            block_rows = np.arange(start // n3, end // n3)
+            order = block_rows[interleaved_rows(len(block_rows))]  # long and short rows alternate
+            model.assemble_rows(D, JAC, fperms, hyper, out.absolute_view(p), order, n_atoms, mirror=False)
+            bar.update(int(np.sum(m - block_rows)))
+    if energy_rows:
+        assemble_energy_columns_packed(model, D, JAC, fperms, hyper, n_atoms, out)
+    return out
+
+
+def _check_packed_layout(out: PackedMatrix, n3: int, n3m: int, size: int):
+    """Force panels must start at block rows (the kernel writes whole block rows), and the
+    energy rows must start a panel."""
+    force_starts = out.starts[out.starts < n3m]
+    if out.n != size or np.any(force_starts % n3) or (size > n3m and n3m not in out.starts):
+        raise ValueError(f"assembly needs a packed ({size}, {size}) matrix whose panels start at multiples "
+                         f"of {n3} below row {n3m} (PackedMatrix.for_training), got panels at {out.starts}")
+
+
+def assemble_energy_columns_packed(model, D, JAC, fperms, hyper, n_atoms, out: PackedMatrix):
+    """The last M columns (energy) of every row, assembled into an (n, M) scratch, M/n of the
+    matrix, then copied into the panels.  The compiled kernel addresses entries absolutely: the
+    scratch is seen through an (n, n) view whose columns n - M.. are the scratch's."""
+    m, n = D.shape[0], out.n
+    e0 = n - m
+    buffer = np.zeros(e0 + n * m)  # view[r, c] = buffer[r m + c]; columns c >= e0 land on scratch
+    scratch = buffer[e0:].reshape(n, m)
+    model.assemble_energy_rows(D, JAC, fperms, hyper, as_strided(buffer, shape=(n, n), strides=(8 * m, 8)),
+                               n_atoms)
+    for k, rows in zip(out.starts, out.rows):
+        first = max(e0, int(k))  # the panel's first energy column
+        rows[:, first - k:] = scratch[k:k + rows.shape[0], first - e0:]

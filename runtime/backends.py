@@ -43,6 +43,13 @@ class Backend(Protocol):
     def matvec(self, D, JAC, fperms, hyper, V):
         """The matrix-free product C V of the training matrix with V (M, N, 3)."""
 
+    def hessian(self, R, z, training: PermutedTraining):
+        """Raw d2E/dx2 (Q, 3N, 3N) (unscaled) for validated R."""
+
+    def matvec_energy(self, D, JAC, fperms, hyper, V, w):
+        """The product of a joint energy+force training matrix with [V (M, N, 3); w (M,)]:
+        (force part (M, N, 3), energy part (M,))."""
+
 
 class CpuBackend:
     """Numba kernels (compiler.build.compiled.CompiledModel) scheduled by runtime/assembly.py,
@@ -85,19 +92,45 @@ class CpuBackend:
             prediction.add_energy_weight_terms(self.model, D, JAC, training.DT, training.WT, training.hyper, e, f)
         return e, f
 
+    def hessian(self, R, z, training):
+        D, JAC = self.evaluate(R, z)
+        return prediction.predict_hessians_scheduled(self.model, R, z, D, JAC, training)
+
     def matvec(self, D, JAC, fperms, hyper, V):
         """C V as the CUDA face computes it: contract V, permute, then the force half of
         prediction with the training points as queries."""
+        _, F = self._training_products(D, JAC, fperms, hyper, V)
+        return F
+
+    def matvec_energy(self, D, JAC, fperms, hyper, V, w):
+        """[C V + K_fe w, K_ef V + K_ee w] from what prediction computes with the training points
+        as queries: the energy predicted with coefficients V is K_ef V, and the energy-weight terms
+        with weights w are K_fe w (forces) and K_ee w (energies)."""
+        E, F = self._training_products(D, JAC, fperms, hyper, V)
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (D.shape[0],):
+            raise ValueError(f"w: expected {D.shape[0]} energy weights, got shape {w.shape}")
+        DT = _permuted(D, fperms)
+        prediction.add_energy_weight_terms(self.model, D, JAC, DT, np.repeat(w, len(fperms)), hyper, E,
+                                           F.reshape(D.shape[0], -1, 3))
+        return F, E
+
+    def _training_products(self, D, JAC, fperms, hyper, V):
+        """(E (M,), F shaped like V): prediction at the training points with coefficients V."""
         V = np.asarray(V, dtype=np.float64)
-        m, f = D.shape
+        m = D.shape[0]
         n_atoms = V.size // (3 * m) if m else 0
         if V.size != 3 * n_atoms * m or n_atoms < 2:
             raise ValueError(f"V: expected {m} x n_atoms x 3 entries, got shape {V.shape}")
         B = self.contract(JAC, V.reshape(m, n_atoms, 3))
-        DT = np.ascontiguousarray(D[:, fperms].reshape(-1, f))
-        BT = np.ascontiguousarray(B[:, fperms].reshape(-1, f))
-        _, F = prediction.predict_parts(self.model, D, JAC, DT, BT, hyper, n_atoms)
-        return F.reshape(V.shape)
+        E, F = prediction.predict_parts(self.model, D, JAC, _permuted(D, fperms), _permuted(B, fperms), hyper,
+                                        n_atoms)
+        return E, F.reshape(V.shape)
+
+
+def _permuted(X, fperms):
+    """(M * P, F): every row of X (M, F) under every feature permutation, as prediction reads them."""
+    return np.ascontiguousarray(X[:, fperms].reshape(-1, X.shape[1]))
 
 
 def make_backend(device, model, descriptor, kernel):

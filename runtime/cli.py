@@ -1,4 +1,4 @@
-"""The ``gdmlc`` command: train, test, predict, info (and compile, check)."""
+"""The ``gdmlc`` command: train, test, predict, vibrations, info (and compile, check)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,7 @@ from compiler.library import LIBRARY_DESCRIPTORS, LIBRARY_KERNELS, resolve
 
 from .data import (DEFAULT_DATA, DatasetError, check_force_energy_consistency, check_same_species,
                    load_dataset, load_geometries, unit_labels)
+from . import vibrations
 from .model import GDML, error_table
 
 MAX_SIGMA_VALUES = 1000  # a range like 1:1e9:1 is a typo, not a grid
@@ -122,7 +123,9 @@ def cmd_train(args):
     train, valid, test = (parts[role][0] if role in parts else None for role in ("training", "validation", "test"))
     model = GDML(descriptor=descriptor, kernel=kernel, sigma=args.sigma, lam=args.lam,
                  symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints,
-                 device=args.device, **hyper)
+                 device=args.device, solver=args.solver, cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter,
+                 preconditioner=args.preconditioner, checkpoint=checkpoint_path(out),
+                 checkpoint_every=args.checkpoint_every, resume=args.resume, **hyper)
     if args.energy_constraints and train.E is None:
         raise DatasetError(f"--energy-constraints needs energies, but {data_path} has none")
     if valid is None and len(model.sigma_grid) > 1:
@@ -149,6 +152,10 @@ def cmd_train(args):
            if args_file},
     })
     print(f"\nsigma    {model.sigma:g} (lambda {model.lam_used:g}), {len(model.perms)} permutation(s)")
+    if "cg_iterations" in model.info:
+        print(f"solver   conjugate gradients: {model.info['cg_iterations']} iterations, relative residual "
+              f"{model.info['cg_residual']:.2e} ({model.info['cg_preconditioner']} preconditioner, "
+              f"rank {model.info['cg_rank']})")
     edge = sigma_edge_warning(model)
     if edge:
         print(f"warning: {edge}", file=sys.stderr)
@@ -352,6 +359,44 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_vibrations(args):
+    from ase import Atoms
+    from ase.data import chemical_symbols
+
+    from .ase_calculator import GDMLCalculator
+
+    path = Path(args.geometry)
+    out = _checked_output(args.output, [args.model, path])
+    if not (args.fmax > 0 and args.steps > 0):
+        raise CLIError("--fmax and --steps must be positive")
+    model = GDML.load(args.model)
+    model.model.require_hessians()  # before the relaxation: a kernel without a third derivative
+    R, z = load_geometries(path)
+    if z is not None:
+        check_same_species(z, model.z, str(path))
+    if not 0 <= args.frame < len(R):
+        raise CLIError(f"--frame {args.frame}: {path} has {len(R)} frame(s)")
+    validate_frames(R, np.array([args.frame]), str(path), "input")
+    calculator = GDMLCalculator(model)
+    atoms = Atoms(numbers=model.z, positions=R[args.frame] * calculator.length_factor)  # in Å for ASE
+    vib, atoms = vibrations.harmonic_analysis(calculator, atoms, relax=args.relax, fmax=args.fmax,
+                                              steps=args.steps, logfile="-" if args.relax else None)
+    frequencies = vibrations.real_frequencies(vib)
+    modes = vib.get_modes()
+    names = [f"{chemical_symbols[int(n)]}{k}" for k, n in enumerate(model.z)]
+    print(f"{'mode':>4} {'cm^-1':>10}  largest displacements (mass-weighted mode, atom: amplitude)")
+    for k, (frequency, mode) in enumerate(zip(frequencies, modes)):
+        amplitude = np.linalg.norm(mode, axis=1)
+        top = np.argsort(amplitude)[::-1][:3]
+        print(f"{k:>4} {frequency:>10.2f}  " + ", ".join(f"{names[a]}: {amplitude[a]:.2f}" for a in top))
+    print("negative: imaginary; the six of smallest magnitude are translations and rotations")
+    with atomic_writer(out) as fh:
+        np.savez(fh, frequencies_cm1=frequencies, modes=modes, hessian_eV_per_A2=vib.get_hessian_2d(),
+                 positions_A=atoms.get_positions(), z=np.asarray(model.z))
+    print(f"wrote {out}: {len(frequencies)} frequencies and modes" + (" at the relaxed geometry" if args.relax else ""))
+    return 0
+
+
 def _is_model_file(path):
     """A gdmlc model (an npz holding a 'format' entry), as opposed to a dataset."""
     try:
@@ -382,6 +427,53 @@ def cmd_info(args):
 def _device_option(p):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: CUDA kernels on the GPU (falls back to the CPU, saying why, without one)")
+
+
+def _solver_options(p):
+    from . import cg
+    from .model import DEFAULT_PRECONDITIONER, SOLVERS
+    from .preconditioner import PRECONDITIONERS
+    p.add_argument("--solver", default="auto", choices=SOLVERS,
+                   help="cholesky (dense), cg (matrix-free conjugate gradients) or auto: dense while "
+                        "the matrix fits in memory, CG beyond (default auto)")
+    p.add_argument("--cg-tol", type=_fraction, default=cg.DEFAULT_TOL,
+                   help=f"CG: relative residual to reach (default {cg.DEFAULT_TOL:g})")
+    p.add_argument("--cg-maxiter", type=_positive_int, default=cg.DEFAULT_MAXITER,
+                   help=f"CG: iteration limit; training fails beyond it (default {cg.DEFAULT_MAXITER})")
+    p.add_argument("--preconditioner", default=DEFAULT_PRECONDITIONER, choices=PRECONDITIONERS,
+                   help=f"CG preconditioner (default {DEFAULT_PRECONDITIONER})")
+    p.add_argument("--checkpoint-every", type=float, default=cg.DEFAULT_CHECKPOINT_SECONDS, metavar="SECONDS",
+                   help="CG: write the solver state to MODEL.cg-checkpoint.npz this often "
+                        f"(default {cg.DEFAULT_CHECKPOINT_SECONDS:g} s)")
+    p.add_argument("--resume", action="store_true",
+                   help="CG: continue an interrupted training from MODEL.cg-checkpoint.npz")
+
+
+def checkpoint_path(out):
+    """MODEL.cg-checkpoint.npz beside the output MODEL.npz."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.cg-checkpoint.npz")
+
+
+def _fraction(text):
+    """A number strictly between 0 and 1 (a CG tolerance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text!r}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
 
 
 def _label_options(p):
@@ -425,6 +517,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the random split")
     p.add_argument("-o", "--output", default="model.npz")
     _device_option(p)
+    _solver_options(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("test", help="errors of a model on a dataset (frames used in training are skipped)")
     p.add_argument("model")
@@ -440,6 +533,17 @@ def build_parser():
     p.add_argument("-o", "--output", help="write E, F to this npz instead of printing")
     _device_option(p)
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("vibrations", help="harmonic frequencies (cm^-1) and normal modes from the model's Hessian")
+    p.add_argument("model")
+    p.add_argument("geometry", help="xyz or npz with R, in the model's length unit (one frame is used)")
+    p.add_argument("--frame", type=int, default=0, help="which frame of GEOMETRY (default 0)")
+    p.add_argument("--relax", action="store_true", help="relax the geometry with the model first (ASE BFGS)")
+    p.add_argument("--fmax", type=float, default=vibrations.RELAX_FMAX,
+                   help=f"relaxation threshold on the largest force, eV/Å (default {vibrations.RELAX_FMAX:g})")
+    p.add_argument("--steps", type=int, default=vibrations.RELAX_STEPS, help="relaxation steps at most")
+    p.add_argument("-o", "--output", default="vibrations.npz",
+                   help="frequencies, modes, Hessian and geometry (default vibrations.npz)")
+    p.set_defaults(func=cmd_vibrations)
     p = sub.add_parser("info", help="describe a model or dataset file")
     p.add_argument("file")
     p.set_defaults(func=cmd_info)

@@ -7,8 +7,8 @@ without one still trains, on the CPU.
 
 The training matrix is assembled on the device.  It is factorised there with
 cuSOLVER (through CuPy) when CuPy is importable; otherwise it is copied to the
-host and solved by runtime/solver.py.  Both read the same triangle the CPU
-assembly writes (blocks i <= j of the C-ordered matrix, i.e. the lower
+host, one panel of rows at a time into packed storage, and solved by runtime/solver.py.
+Both read the same triangle the CPU assembly writes (blocks i <= j of the C-ordered matrix, i.e. the lower
 triangle of its column-major view).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from .packed import PackedMatrix, panel_starts
 from .progress import Progress, step
 from .solver import NotPositiveDefiniteError, cholesky_solve_inplace
 
@@ -153,8 +154,11 @@ class CudaBackend:
             with step(f"cholesky on the GPU ({n3m} x {n3m})", enabled=progress):
                 return cusolver_cholesky_solve(self._K, y, lam, cupy)
         if K_host is None:
-            K_host = np.empty((n3m, n3m))
-        self._K.copy_to_host(K_host)
+            K_host = PackedMatrix(panel_starts(n3m))
+        if isinstance(K_host, PackedMatrix):
+            K_host.fill_from_upper(self._K)  # one panel of rows at a time: no full host matrix
+        else:
+            self._K.copy_to_host(K_host)
         return cholesky_solve_inplace(K_host, y, lam, progress=progress)
 
     def release(self):
@@ -178,5 +182,12 @@ class CudaBackend:
         E, F = self.model.predict_device(DQ, JACQ, DT, BT, training.hyper, R.shape[1])
         return E.copy_to_host(), F.copy_to_host()
 
+    def hessian(self, R, z, training):
+        """Hessians on the host: the CUDA target has no Hessian kernels yet."""
+        return self.cpu.hessian(R, z, training)
+
     def matvec(self, D, JAC, fperms, hyper, V):
         return self.model.matvec(D, JAC, fperms, hyper, V)
+
+    def matvec_energy(self, D, JAC, fperms, hyper, V, w):
+        raise ValueError("energy constraints are not implemented in the CUDA kernels yet")

@@ -46,19 +46,28 @@ _FUNCTIONS = {name: _function(name) for name in _SIGNATURES}
 
 
 class FortranMatrix:
-    """A Fortran-ordered float64 matrix addressed by (row, column) blocks."""
+    """A column-major float64 matrix addressed by (row, column): a Fortran array, or a panel
+    of one (a[k:, k:k+b]) whose leading dimension is the parent's column stride."""
 
     def __init__(self, a: np.ndarray):
-        if a.dtype != np.float64 or a.ndim != 2 or not a.flags.f_contiguous:
+        if a.dtype != np.float64 or a.ndim != 2 or not _column_major(a):
             raise ValueError("FortranMatrix needs a 2-D Fortran-contiguous float64 array")
         self.array = a
         self.n_rows = a.shape[0]
         self._base = a.ctypes.data
-        self.ld = ctypes.c_int(a.shape[0])
+        self.ld_value = max(1, a.strides[1] // 8, a.shape[0])
+        self.ld = ctypes.c_int(self.ld_value)
 
     def at(self, row: int, col: int):
         """Pointer to element (row, col)."""
-        return ctypes.cast(self._base + 8 * (row + col * self.n_rows), _dbl_p)
+        return ctypes.cast(self._base + 8 * (row + col * self.ld_value), _dbl_p)
+
+
+def _column_major(a: np.ndarray) -> bool:
+    """Unit stride down a column, columns at least a column's length apart (BLAS's lda >= m)."""
+    if a.flags.f_contiguous:
+        return True
+    return a.strides[0] == 8 and a.strides[1] % 8 == 0 and a.strides[1] >= 8 * a.shape[0]
 
 
 def _i(value):
@@ -82,14 +91,15 @@ def trsm_right_lower_transposed(A: FortranMatrix, k: int, size: int, row: int, n
                         ctypes.byref(A.ld), A.at(row, k), ctypes.byref(A.ld))
 
 
-def syrk_lower_update(A: FortranMatrix, row: int, size: int, k: int, depth: int):
-    """A[row:row+size, row:row+size] (lower) -= P P^T, P = A[row:row+size, k:k+depth]."""
-    _FUNCTIONS["dsyrk"](b"L", b"N", _i(size), _i(depth), _d(-1.0), A.at(row, k),
-                        ctypes.byref(A.ld), _d(1.0), A.at(row, row), ctypes.byref(A.ld))
+def syrk_lower_update(C: FortranMatrix, size: int, A: FortranMatrix, row: int, depth: int):
+    """C[:size, :size] (lower) -= P P^T, P = A[row:row+size, :depth] (C, A: panels, maybe one)."""
+    _FUNCTIONS["dsyrk"](b"L", b"N", _i(size), _i(depth), _d(-1.0), A.at(row, 0),
+                        ctypes.byref(A.ld), _d(1.0), C.at(0, 0), ctypes.byref(C.ld))
 
 
-def gemm_update(A: FortranMatrix, row: int, n_rows: int, col: int, n_cols: int, k: int, depth: int):
-    """A[row:+n_rows, col:+n_cols] -= A[row:+n_rows, k:+depth] A[col:+n_cols, k:+depth]^T."""
-    _FUNCTIONS["dgemm"](b"N", b"T", _i(n_rows), _i(n_cols), _i(depth), _d(-1.0), A.at(row, k),
-                        ctypes.byref(A.ld), A.at(col, k), ctypes.byref(A.ld), _d(1.0),
-                        A.at(row, col), ctypes.byref(A.ld))
+def gemm_update(C: FortranMatrix, c_row: int, n_rows: int, n_cols: int, A: FortranMatrix, a_row: int,
+                b_row: int, depth: int):
+    """C[c_row:+n_rows, :n_cols] -= A[a_row:+n_rows, :depth] A[b_row:+n_cols, :depth]^T."""
+    _FUNCTIONS["dgemm"](b"N", b"T", _i(n_rows), _i(n_cols), _i(depth), _d(-1.0), A.at(a_row, 0),
+                        ctypes.byref(A.ld), A.at(b_row, 0), ctypes.byref(A.ld), _d(1.0),
+                        C.at(c_row, 0), ctypes.byref(C.ld))

@@ -11,20 +11,24 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from compiler import checks, compile_model
 from compiler.library import resolve
 
-from . import data, symmetry
-from .assembly import check_memory
+from . import cg, data, symmetry
+from .assembly import allocate_training_matrix, dense_fits
 from .backends import make_backend
+from .preconditioner import PRECONDITIONERS, LowRankPreconditioner, TrainingColumns, make_preconditioner
 from .progress import Progress
 from .solver import NonFiniteMatrixError, NotPositiveDefiniteError, check_finite_solution
 from .trained import PermutedTraining, TrainedState
 
 MAX_JITTER_STEPS = 3  # lam grows 10x per retry before training gives up
+SOLVERS = ("auto", "cholesky", "cg")
+DEFAULT_PRECONDITIONER = "rpcholesky"  # fewer iterations than uniform Nystrom on ethanol (see README)
 
 
 class TrainingError(ValueError):
@@ -70,6 +74,15 @@ class GDML:
     "descriptors", "assembly", "solve", "coefficients", "energy_constant", "validation"; a stage
     repeated for several sigmas or lambdas is reported each time); the totals of the last fit
     are in ``info["timings"]``.
+    ``solver``: "cholesky" (dense, in place), "cg" (matrix-free preconditioned conjugate gradients,
+    runtime/cg.py: no training matrix is allocated) or "auto" (dense while the matrix fits in
+    memory, CG beyond).  ``cg_tol``: relative residual |y - (K + lam I) alpha| / |y| to reach;
+    ``cg_maxiter``: iteration limit (CGNotConvergedError beyond it: never a half-solved model);
+    ``preconditioner``: "rpcholesky", "nystrom" or "none", on ``preconditioner_points`` inducing
+    training points (default: min(3NM, 2000) columns as whole points, runtime/preconditioner.py).
+    ``checkpoint``: a file the CG state is written to every ``checkpoint_every`` seconds (and
+    when CG stops on an error or Ctrl-C; removed after a successful fit); ``resume``: continue
+    from it (a checkpoint of another problem is refused; earlier sigmas of a sweep are redone).
 
     What training produces is one value, ``state`` (runtime/trained.py); its fields read as
     attributes (``model.sigma``, ``model.alpha``, ``model.z``, ...).
@@ -77,7 +90,9 @@ class GDML:
 
     def __init__(self, descriptor="inverse_distances", kernel="matern52", sigma=None, lam=1e-10,
                  symmetries="auto", progress=True, energy_constraints=False, device="cpu", hyper=None,
-                 on_stage=None):
+                 on_stage=None, solver="auto", cg_tol=cg.DEFAULT_TOL, cg_maxiter=cg.DEFAULT_MAXITER,
+                 preconditioner=DEFAULT_PRECONDITIONER, preconditioner_points=None, checkpoint=None,
+                 checkpoint_every=cg.DEFAULT_CHECKPOINT_SECONDS, resume=False):
         self.descriptor_dsl = resolve(descriptor, "descriptor")
         self.kernel_dsl = resolve(kernel, "kernel")
         self.lam = float(lam)
@@ -87,8 +102,14 @@ class GDML:
         self.progress = progress
         self.energy_constraints = bool(energy_constraints)
         self.on_stage = on_stage
+        self._set_solver(solver, cg_tol, cg_maxiter, preconditioner, preconditioner_points)
+        self.checkpoint, self.checkpoint_every, self.resume = checkpoint, float(checkpoint_every), bool(resume)
         self.model = compile_model(self.descriptor_dsl, self.kernel_dsl)
         self.sigma_grid = self._grid(sigma)
+        if self.resume:
+            if checkpoint is None:
+                raise ValueError("resume=True needs checkpoint=FILE")
+            cg.check_resumable(checkpoint, self.sigma_grid)
         self.hyper_values = self._checked_hyper(hyper)
         self.info: dict = {}
         self._state, self._training = None, None
@@ -102,6 +123,21 @@ class GDML:
         self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints)
         self.backend = make_backend(self.device, self.model, self.descriptor_dsl, self.kernel_dsl)
         return self
+
+    def _set_solver(self, solver, cg_tol, cg_maxiter, preconditioner, preconditioner_points):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        if not (isinstance(cg_tol, (int, float)) and 0 < cg_tol < 1):
+            raise ValueError(f"cg_tol must be a number between 0 and 1, got {cg_tol!r}")
+        if not (isinstance(cg_maxiter, (int, np.integer)) and cg_maxiter >= 1):
+            raise ValueError(f"cg_maxiter must be a positive integer, got {cg_maxiter!r}")
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {', '.join(PRECONDITIONERS)}, got {preconditioner!r}")
+        if preconditioner_points is not None and not (isinstance(preconditioner_points, (int, np.integer))
+                                                      and preconditioner_points >= 1):
+            raise ValueError(f"preconditioner_points must be a positive integer, got {preconditioner_points!r}")
+        self.solver, self.cg_tol, self.cg_maxiter = solver, float(cg_tol), int(cg_maxiter)
+        self.preconditioner, self.preconditioner_points = preconditioner, preconditioner_points
 
     # ------------------------------------------------------------------ trained state
     @property
@@ -186,6 +222,7 @@ class GDML:
         """
         R, F, E, z, valid = self._checked_inputs(R, F, E, z, valid, validated)
         self._timings = {}
+        self._resume_pending = self.resume
         try:
             self._fit(R, F, E, z, valid)
         except BaseException:
@@ -246,8 +283,12 @@ class GDML:
             y = np.concatenate([y, E - np.mean(E)])
         y = y / label_scale
 
-        check_memory(len(y))
-        K = np.empty((len(y), len(y)))  # reused for every sigma: one matrix in memory
+        solver = self._solver_for(len(y))
+        if self.resume and solver != "cg":
+            raise ValueError(f"resuming continues a CG solve, but this training uses the {solver} solver: "
+                             "pass solver='cg' (--solver cg)")
+        # dense: one triangle, reused for every sigma; CG: no training matrix at all
+        K = allocate_training_matrix(m, n, self.energy_constraints) if solver == "cholesky" else None
         sweep, best = [], None
         for sigma in self.sigma_grid:
             try:
@@ -268,21 +309,35 @@ class GDML:
             raise TrainingError(f"no sigma gives a finite model (tried {tried}): " +
                                 "; ".join(r["skipped"] for r in sweep))
         result, alpha = best
+        if solver == "cg" and self.checkpoint is not None:
+            Path(self.checkpoint).unlink(missing_ok=True)  # the solves are done: nothing to resume
         self._set_coefficients(base, JAC, fperms, alpha, result["sigma"], result["lam"])
         self._fit_energy_constant(E)
         self.info.update({"sigma_sweep": sweep, "sigma": result["sigma"], "lam": result["lam"],
                           "n_train": m, "n_perms": len(perms),
-                          "energy_constraints": self.energy_constraints})
+                          "energy_constraints": self.energy_constraints, "solver": solver})
+        self.info.update({k: v for k, v in result.items() if k.startswith("cg_")})
         if valid is not None:
-            self.info["validation"] = {k: v for k, v in result.items() if k not in ("sigma", "lam")}
+            self.info["validation"] = {k: v for k, v in result.items()
+                                       if k not in ("sigma", "lam") and not k.startswith("cg_")}
+
+    def _solver_for(self, n_rows):
+        """'cholesky' or 'cg' for a system of n_rows: auto is dense while the matrix fits in memory."""
+        if self.solver != "auto":
+            return self.solver
+        return "cholesky" if dense_fits(n_rows) else "cg"
 
     def _candidate(self, base, K, JAC, fperms, sigma, y, E, valid):
         """Train with one sigma: ({sigma, lam, validation errors}, alpha); NonFinite*Error if the
         matrix, the solution, a prediction or the validation error is not finite."""
-        alpha, lam = self._solve(K, base.D_train, JAC, fperms, sigma, y, base.n_atoms)
+        if K is None:
+            alpha, lam, result = self._solve_cg(base, JAC, fperms, sigma, y)
+        else:
+            alpha, lam = self._solve(K, base.D_train, JAC, fperms, sigma, y, base.n_atoms)
+            result = {}
         self._set_coefficients(base, JAC, fperms, alpha, sigma, lam)
         self._fit_energy_constant(E)
-        result = {"sigma": sigma, "lam": lam}
+        result = {"sigma": sigma, "lam": lam, **result}
         if valid is not None:
             with self._stage("validation"):
                 result.update(self._evaluate_checked(*valid))
@@ -329,6 +384,57 @@ class GDML:
                 lam = max(lam * 10, 1e-10)
                 self._report(f"matrix not positive definite: retrying with lambda = {lam:g}")
 
+    def _solve_cg(self, base, JAC, fperms, sigma, y):
+        """(alpha, lam, {cg_iterations, cg_residual, cg_preconditioner, cg_rank}) by matrix-free
+        preconditioned CG (runtime/cg.py); lam escalates as in _solve on negative curvature."""
+        D, n_atoms = base.D_train, base.n_atoms
+        hyper = self._kernel_hyper(sigma)
+        columns = TrainingColumns(self.model, D, JAC, fperms, hyper, n_atoms, self.energy_constraints)
+        rigid = cg.RigidModes(base.R_train, JAC, self.backend.contract, 3 * n_atoms * D.shape[0])
+        lam = self.lam
+        for attempt in range(MAX_JITTER_STEPS + 1):
+            checkpoint = self._cg_checkpoint(base, y, sigma, lam)
+            with self._stage("preconditioner"):
+                if checkpoint is not None and checkpoint.factors is not None:
+                    precondition = LowRankPreconditioner(*checkpoint.factors, lam, kind=self.preconditioner)
+                else:
+                    precondition = make_preconditioner(self.preconditioner, columns, lam, self.preconditioner_points)
+            if checkpoint is not None:
+                checkpoint.precondition = precondition
+            operator = cg.TrainingOperator(self.backend, D, JAC, fperms, hyper, n_atoms, lam,
+                                           energy_rows=self.energy_constraints)
+            try:
+                with self._stage("solve"):
+                    result = cg.solve(operator, y, precondition, self.cg_tol, self.cg_maxiter, rigid,
+                                      progress=self.progress, label=f"cg sigma {sigma:g}", checkpoint=checkpoint)
+                    check_finite_solution(result.x)
+                return result.x, lam, {"cg_iterations": result.iterations, "cg_residual": result.residual,
+                                       "cg_preconditioner": precondition.kind, "cg_rank": precondition.rank}
+            except NonFiniteMatrixError as exc:
+                raise NonFiniteMatrixError(f"{exc} with sigma {sigma:g}, lambda {lam:g}; the kernel may be 0/0 "
+                                           "or overflow at this sigma") from None
+            except cg.CGNotConvergedError as exc:
+                raise cg.CGNotConvergedError(f"{exc} with sigma {sigma:g}, lambda {lam:g}: raise cg_maxiter "
+                                             "(--cg-maxiter), loosen cg_tol (--cg-tol) or increase lambda") from None
+            except NotPositiveDefiniteError as exc:
+                if attempt == MAX_JITTER_STEPS:
+                    raise NotPositiveDefiniteError(f"{exc}; gave up after raising lambda to {lam:g}") from None
+                lam = max(lam * 10, 1e-10)
+                self._report(f"matrix not positive definite: retrying with lambda = {lam:g}")
+
+    def _cg_checkpoint(self, base, y, sigma, lam):
+        """The Checkpoint of the CG solve at (sigma, lam), or None without a checkpoint file."""
+        if self.checkpoint is None:
+            return None
+        problem = cg.problem_hash(base.R_train, base.z, base.perms, y, self.model.module_path.name,
+                                  self.model.descriptor.params, sorted(self.hyper_values.items()), self.lam,
+                                  self.energy_constraints, self.preconditioner, self.preconditioner_points)
+        checkpoint = cg.Checkpoint(self.checkpoint, (problem, float(sigma), float(lam)), self.checkpoint_every,
+                                   resume=self._resume_pending)
+        if checkpoint.restored is not None:
+            self._resume_pending = False  # from here on the file is this run's
+        return checkpoint
+
     @staticmethod
     def _matrix_entry(row, column, m, n_atoms):
         """' (training frame 3, atom 1 y with training frame 3, energy)' for a matrix entry, '' if None."""
@@ -372,8 +478,10 @@ class GDML:
             self._replace_state(energy_constant=constant)
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, R, batch=2000, progress=None, validated=False):
-        """Energies (M,) and forces (M, N, 3) for R (N, 3) or (M, N, 3).
+    def predict(self, R, batch=2000, progress=None, validated=False, hessian=False):
+        """Energies (M,) and forces (M, N, 3) for R (N, 3) or (M, N, 3); with ``hessian``
+        also the Hessians d2E/dx2 (M, 3N, 3N), in energy units per length squared (the
+        coordinates of atom a are rows 3a, 3a + 1, 3a + 2).
 
         Energies are relative (no constant) when the model was trained without energies.
         ``validated``: R (M, N, 3) already passed checks.geometries (with this model's atoms)."""
@@ -383,8 +491,24 @@ class GDML:
             R3, single = np.ascontiguousarray(R, dtype=np.float64), False
         else:
             R3, single = checks.geometries(R, "R", n_atoms=self.n_atoms)
+        if hessian:
+            self.model.require_hessians()  # before any work: says why a kernel has none
         E, F = self._predict_checked(R3, batch, progress)
-        return (E[0], F[0]) if single else (E, F)
+        if not hessian:
+            return (E[0], F[0]) if single else (E, F)
+        H = self._hessians_checked(R3)
+        return (E[0], F[0], H[0]) if single else (E, F, H)
+
+    def _hessians_checked(self, R3):
+        """d2E/dx2 (M, 3N, 3N) for validated geometries; NonFiniteResultError naming a frame."""
+        state = self._state
+        H = self.backend.hessian(R3, state.z, self._training)
+        H *= state.label_scale
+        bad = ~np.isfinite(H).all(axis=(1, 2))
+        if bad.any():
+            raise NonFiniteResultError(f"the Hessian is not finite for frame {int(np.argmax(bad))} "
+                                       f"({int(bad.sum())} of {len(H)} frames)")
+        return H
 
     def _predict_checked(self, R3, batch=2000, progress=False):
         """predict() for (M, N, 3) geometries already validated (training, validation data)."""

@@ -9,11 +9,10 @@ same sums, bit for bit.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from compiler.build.compiled import PredictionSide, numba_threads, threads_for
+from compiler.build.compiled import PredictionSide, numba_threads, thread_scratch, threads_for
+from compiler.build.hessian import predict_hessians
 
 # below this many queries the tiled loops beat the matrix products (ethanol, M=1000, P=6,
 # 2 cores: 13,800 vs 10,300 geometries/s at 10 queries, 14,000 vs 19,900 at 30)
@@ -76,8 +75,8 @@ def checked_side(side, DT, BT):
 def _predict_chunk(model, DQ, side, hyper):
     """(descriptor-space force sums (q, F), energies (q,)) of queries DQ against one side."""
     dq, NQ, QC = side.queries(DQ)
-    TD = np.matmul(dq, side.W.T, out=_scratch("TD", (len(dq), 2 * side.n_rows)))
-    X = _scratch("X", TD.shape)
+    TD = np.matmul(dq, side.W.T, out=thread_scratch("TD", (len(dq), 2 * side.n_rows)))
+    X = thread_scratch("X", TD.shape)
     SD, SP, E = np.empty(len(dq)), np.empty(len(dq)), np.empty(len(dq))
     model.predict_coefficients(dq, NQ, QC, TD, side, hyper, X, SD, SP, E)
     return X @ side.W + SD[:, None] * dq + SP[:, None] * side.centre, E
@@ -101,25 +100,18 @@ def predict_parts_tiled(model, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, part
     return EP.sum(axis=0), F
 
 
+def predict_hessians_scheduled(model, R, z, DQ, JACQ, training):
+    """Hessians d2E/dx2 (Q, 3N, 3N) (compiler/build/hessian.py): the generated loops on the
+    threads threads_for gives, the matrix products on one BLAS thread (two thread pools spinning
+    against each other made one ethanol Hessian 20x slower on 2 cores)."""
+    with single_threaded_blas(), numba_threads(threads_for(DQ.shape[0])):
+        return predict_hessians(model, R, z, DQ, JACQ, training.DT, training.BT, training.WT, training.hyper)
+
+
 def add_energy_weight_terms(model, DQ, JACQ, DT, WT, hyper, E, F):
     """E, F += the energy-coefficient terms of a joint energy+force model (in place)."""
     with numba_threads(threads_for(DQ.shape[0])):
         model.predict_energy_weights(DQ, JACQ, DT, WT, hyper, E, F)
-
-
-_THREAD_SCRATCH = threading.local()
-
-
-def _scratch(name, shape):
-    """A scratch array of this thread, reused from call to call: the (chunk, 2 MP) matrices of
-    batched prediction are megabytes, and fresh memory costs page faults every time."""
-    arrays = getattr(_THREAD_SCRATCH, "arrays", None)
-    if arrays is None:
-        arrays = _THREAD_SCRATCH.arrays = {}
-    size = int(np.prod(shape))
-    if name not in arrays or arrays[name].size < size:
-        arrays[name] = np.empty(size)
-    return arrays[name][:size].reshape(shape)
 
 
 _POOL = (None, 0)

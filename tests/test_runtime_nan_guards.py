@@ -352,7 +352,7 @@ def test_check_memory_refuses_a_matrix_beyond_a_real_rlimit_as():
         "resource.setrlimit(resource.RLIMIT_AS, (size + 2**28, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
         "check_memory(4096)\n"  # 128 MiB: fits
         "try:\n"
-        "    check_memory(11586)\n"  # 1 GiB
+        "    check_memory(11586, packed=False)\n"  # 1 GiB as a full matrix
         "except MemoryLimitError as exc:\n"
         "    print('refused:', exc)\n"
     )

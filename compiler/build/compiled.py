@@ -1,6 +1,7 @@
 """Compiled descriptors, kernels and models: Python faces of generated modules."""
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -88,6 +89,12 @@ class CompiledDescriptor:
         for frame in range(m):
             np.add.at(dense[frame], (rows, atoms.ravel()), JAC[frame].reshape(F * K, 3))
         return dense[0] if single else dense
+
+    def add_curvature(self, R, z, W, H):
+        """H (3N, 3N) += sum_f W[f] d2 D_f / dx2 at one geometry R (N, 3), term by term."""
+        n = R.shape[0]
+        self.module.add_descriptor_curvature(R, self._z(z, n), self.params, self.over.term_table(n),
+                                             np.ascontiguousarray(W, dtype=np.float64), H)
 
     def feature_permutations(self, perms, n_atoms):
         """(P, F) feature index maps: D(x[perm]) == D(x)[fperm]."""
@@ -279,11 +286,39 @@ class CompiledModel:
         self.module.predict_energy_weights(DQ, JACQ, self.descriptor.atom_table(F.shape[1]), DT, WT,
                                            hyper, E, F)
 
+    # Hessian prediction (runtime/hessian.py sums the columns) --------------------
+    @property
+    def hessian_columns(self) -> list:
+        """The columns hessian_coefficients writes ('gradient:delta', 'hessian:delta,beta', ...)."""
+        self.require_hessians()
+        return self.kernel.metadata["hessian_columns"]
+
+    def require_hessians(self):
+        """HessianUnavailableError, saying why, if the kernel is not three times differentiable."""
+        if self.kernel.metadata.get("hessian_columns") is None:
+            raise HessianUnavailableError(f"Hessians need the kernel's third derivative: "
+                                          f"{self.kernel.metadata.get('hessian_refusal')}")
+
+    def hessian_coefficients(self, d, DT, BT, WT, hyper, C):
+        """C (MP, columns): per training point, the coefficients of the predicted energy's
+        gradient and Hessian in the query descriptor d."""
+        self.require_hessians()
+        self.module.hessian_coefficients(d, DT, BT, WT, hyper, C)
+
+    def project_rows(self, B, jac, X):
+        """X (M, 3N) = J^T B[m] for descriptor-space rows B (M, F) through one sparse Jacobian."""
+        n_atoms = X.shape[1] // 3
+        self.module.project_rows(np.ascontiguousarray(B), jac, self.descriptor.atom_table(n_atoms), X)
+
     def contract(self, JAC, V):
         n_atoms = V.shape[1]
         B = np.empty((JAC.shape[0], JAC.shape[1]))
         self.module.contract(JAC, self.descriptor.atom_table(n_atoms), np.ascontiguousarray(V, float), B)
         return B
+
+
+class HessianUnavailableError(ValueError):
+    """The model's kernel has no third derivative at d = dp, so no Hessians."""
 
 
 class PredictionSide:
@@ -328,6 +363,22 @@ def threads_for(n_geometries, available=None):
         import numba
         available = numba.get_num_threads()
     return available
+
+
+_THREAD_SCRATCH = threading.local()
+
+
+def thread_scratch(name, shape):
+    """A scratch array of the calling thread, reused from call to call: prediction's (chunk, 2 MP)
+    and the Hessian's (MP, F) matrices are megabytes, and fresh memory costs page faults every
+    time (a third of a small Hessian's time)."""
+    arrays = getattr(_THREAD_SCRATCH, "arrays", None)
+    if arrays is None:
+        arrays = _THREAD_SCRATCH.arrays = {}
+    size = int(np.prod(shape))
+    if name not in arrays or arrays[name].size < size:
+        arrays[name] = np.empty(size)
+    return arrays[name][:size].reshape(shape)
 
 
 @contextmanager

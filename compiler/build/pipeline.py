@@ -145,7 +145,11 @@ def kernel_metadata(kir, prog) -> dict:
             "uses": list(prog.uses),
             "kernel_ops": [prog.coefficients.ops_before, prog.coefficients.ops_after],
             "kernel_value_ops": [prog.value.ops_before, prog.value.ops_after],
-            "kernel_notes": list(prog.coefficients.notes) + list(prog.value.notes)}
+            "kernel_notes": list(prog.coefficients.notes) + list(prog.value.notes),
+            # Hessian prediction: the columns hessian_coefficients writes, or why there is none
+            "hessian_columns": (None if prog.hessian is None
+                                else [name for name, _ in prog.structure.prediction_columns]),
+            "hessian_refusal": prog.hessian_refusal}
 
 
 def plan(descriptor: Parsed | None = None, kernel: Parsed | None = None) -> Plan:

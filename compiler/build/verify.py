@@ -89,7 +89,15 @@ def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None, notes=None):
         if desc.maps_atom_permutations:
             track("force block, symmetric (2 permutations)", model.force_block(x, xp, perms, z=z, **hyper),
                   model.jax_force_block(x, xp, perms, z=z, **hyper))
+        W = rng.normal(size=d.shape)
+        curvature = np.zeros((3 * n_atoms, 3 * n_atoms))
+        desc.add_curvature(x, z, W, curvature)
+        track("descriptor curvature", curvature,
+              np.asarray(jax.jacfwd(jax.jacfwd(lambda r: jnp.dot(W, D_jax(r, z))))(jnp.asarray(x)))
+              .reshape(curvature.shape))
         track("prediction (forces)", *_prediction(model, rng, x, z, perms, hyper))
+        if model.kernel.metadata.get("hessian_columns") is not None:
+            track("prediction (Hessian)", *_prediction_hessian(model, rng, x, z, perms, hyper))
     return errors
 
 
@@ -104,6 +112,17 @@ def _swap_alike(z):
     return p
 
 
+def _training_rows(model, rng, n, z, perms):
+    """Two random training geometries, random coefficients alpha, and their permuted rows
+    DT, BT (as a trained model's prediction reads them)."""
+    train = np.stack([random_geometry(rng, n) for _ in range(2)])
+    alpha = rng.normal(size=train.shape)
+    fperms = model.feature_permutations(perms, n)
+    D, JAC, _ = model.descriptor.evaluate(train, z)
+    B = model.contract(JAC, alpha)
+    return train, alpha, D[:, fperms].reshape(-1, D.shape[1]), B[:, fperms].reshape(-1, D.shape[1])
+
+
 def _prediction(model, rng, x, z, perms, hyper):
     """Forces at x from two training geometries through the contraction path,
     and the same from dense JAX blocks."""
@@ -111,16 +130,32 @@ def _prediction(model, rng, x, z, perms, hyper):
     desc = model.descriptor
     if not desc.maps_atom_permutations:
         perms = perms[:1]
-    train = np.stack([random_geometry(rng, n) for _ in range(2)])
-    alpha = rng.normal(size=train.shape)
-    fperms = model.feature_permutations(perms, n)
-    D, JAC, _ = desc.evaluate(train, z)
-    B = model.contract(JAC, alpha)
-    DT = D[:, fperms].reshape(-1, D.shape[1])
-    BT = B[:, fperms].reshape(-1, D.shape[1])
+    train, alpha, DT, BT = _training_rows(model, rng, n, z, perms)
     DQ, JACQ, _ = desc.evaluate(x, z)
     # the generated fused loop; the runtime's faster schedules (runtime/prediction.py) are
     # tested against it in tests/test_compiler_blocks.py
     _, F = model.predict_parts_direct(DQ, JACQ, DT, BT, model.kernel.hyper(**hyper), n)
     reference = sum(model.jax_force_block(x, t, perms, z=z, **hyper) @ a.ravel() for t, a in zip(train, alpha))
     return F[0].ravel(), reference
+
+
+def _prediction_hessian(model, rng, x, z, perms, hyper):
+    """d2E/dx2 at x of a joint energy+force model with random rows (the generated
+    hessian_coefficients, project_rows and add_descriptor_curvature, summed by
+    compiler/build/hessian.py), and jax.hessian of the JAX lowering of the same energy."""
+    import jax
+
+    from compiler.build.hessian import predict_hessians
+    from compiler.targets.jax_reference import prediction_energy_function
+
+    if not model.descriptor.maps_atom_permutations:
+        perms = perms[:1]
+    _, _, DT, BT = _training_rows(model, rng, x.shape[0], z, perms)
+    WT = rng.normal(size=len(DT))
+    h = model.kernel.hyper(**hyper)
+    DQ, JACQ, _ = model.descriptor.evaluate(x, z)
+    H = predict_hessians(model, x[None], z, DQ, JACQ, DT, BT, WT, h)[0]
+    energy = prediction_energy_function(model.descriptor.jax_function(), model.kernel.jax_function(), DT, BT, WT,
+                                        dict(zip(model.kernel.hyper_names, h)))
+    reference = jax.jacfwd(jax.jacfwd(lambda r: energy(r, z)))(x)
+    return H, np.asarray(reference).reshape(H.shape)

@@ -1,7 +1,8 @@
 """From parsed IR to the derivative programs the code generator emits.
 
 Descriptors: one feature term and its gradient in the positions of the two
-atoms it involves (reverse mode), simplified and CSE'd.
+atoms it involves (reverse mode), simplified and CSE'd; and its second derivatives (the
+curvature Hessian prediction adds term by term).
 
 Kernels: a kernel is g(s, t) with s = |d - dp|^2 and t = d . dp, so its
 descriptor-space derivatives are a scaled identity plus a few rank-one terms
@@ -11,6 +12,11 @@ terms.  Each partial is simplified with sympy and checked at s = 0 (every
 diagonal block): a removable singularity must be gone, and a genuinely
 singular partial is accepted only where every vector it multiplies vanishes
 faster (the power of delta is read from the structure's terms).
+
+Hessian prediction needs third derivatives: a separate program of the partials its results
+use (structure.HESSIAN_EMITTED), each the AD derivative of its simplified parent, guarded the
+same way.  A kernel that is not three times differentiable at d = dp (Matern 3/2) still
+compiles; it has no Hessian program and ``hessian_refusal`` says why.
 """
 from __future__ import annotations
 
@@ -21,14 +27,28 @@ import sympy as sp
 from compiler.middle import ad, ir
 from compiler.errors import CompileError, DSLError
 from compiler.front.records import S, T, DescriptorIR, KernelIR, user_var
-from compiler.middle.simplify import Program, limit_from_above, optimise, symbols_for
-from compiler.middle.structure import KernelStructure
+from compiler.middle.simplify import Program, limit_from_above, optimise, simplified, symbols_for
+from compiler.middle.structure import EMITTED, HESSIAN_EMITTED, KernelStructure, partial_index, partial_name
 
 
 @dataclass
 class DescriptorProgram:
     term: Program            # outputs: value, d/d of each position variable of the space (ri_0 .. rj_2)
     symmetric: bool          # the term is unchanged when its atoms are swapped (term(i, j) == term(j, i))
+    curvature: Program       # outputs: d2 term / dv_p dv_q for p <= q over the position variables (Hessians)
+
+    @staticmethod
+    def curvature_pairs(n_positions: int) -> list:
+        """(p, q), p <= q: the order of curvature's outputs."""
+        return [(p, q) for p in range(n_positions) for q in range(p, n_positions)]
+
+
+@dataclass
+class HessianProgram:
+    """The partials Hessian prediction needs (third order), simplified and guarded at s = 0."""
+    coefficients: Program    # outputs: the partials named in `partials`, in that order
+    partials: tuple
+    guards: list
 
 
 @dataclass
@@ -39,6 +59,8 @@ class KernelProgram:
     uses: tuple              # subset of ('s', 't')
     structure: KernelStructure  # the kernel's descriptor-space derivatives, as IR over the partials
     partials: tuple          # names of the partials the emitted results use (structurally nonzero)
+    hessian: HessianProgram | None = None  # None: the kernel is not three times differentiable
+    hessian_refusal: str = ""  # why there is no Hessian program
 
     @property
     def present(self) -> dict:
@@ -58,7 +80,12 @@ def descriptor_program(dir_: DescriptorIR) -> DescriptorProgram:
     # CSE only: sympy.simplify on position gradients costs seconds to minutes and, on
     # the library, never gave fewer operations than CSE alone.
     program = optimise([body] + grads, symbols, full=False, prefix="t")
-    return DescriptorProgram(program, space.term_is_symmetric(body, [user_var(p) for p in dir_.param_names]))
+    # second derivatives, for Hessian prediction: each from the first (reverse over reverse)
+    pairs = DescriptorProgram.curvature_pairs(len(space.position_vars))
+    second = [ad.grad(grads[p], [space.position_vars[q]])[0] for p, q in pairs]
+    curvature = optimise(second, symbols, full=False, prefix="h")
+    return DescriptorProgram(program, space.term_is_symmetric(body, [user_var(p) for p in dir_.param_names]),
+                             curvature)
 
 
 def _return_location(info, line):
@@ -80,13 +107,48 @@ def kernel_program(kir: KernelIR) -> KernelProgram:
                      origin=f"{kir.source.filename}:{kir.body_line}")  # _guard_value needs its sympy form
     value.outputs, value_guards = _guard_value(value, symbols, kir)  # first: a divergent value says why
     structure = KernelStructure(g)
-    partials = structure.partials  # what the emitted results use, found from their terms
-    raw = [structure.partial_expr(name) for name in partials]
-    simplified = optimise(raw, symbols, full=True, prefix="c", require_sympy=True,
+    simplified, guards = _partials_program(kir, symbols, structure, structure.partials, EMITTED, "twice")
+    try:  # Hessian prediction is optional: a kernel that is only C^2 still trains and predicts forces
+        hessian = _hessian_program(kir, symbols, structure)
+        refusal = ""
+    except CompileError as exc:
+        hessian, refusal = None, str(exc)
+    return KernelProgram(value, simplified, value_guards + guards, uses, structure, structure.partials,
+                         hessian, refusal)
+
+
+def _hessian_program(kir, symbols, structure) -> HessianProgram:
+    partials = structure.hessian_partials
+    program, guards = _partials_program(kir, symbols, structure, partials, HESSIAN_EMITTED, "three times",
+                                        prefix="h", raw=_stepwise_partials(structure, symbols, partials))
+    return HessianProgram(program, partials, guards)
+
+
+def _stepwise_partials(structure, symbols, names) -> list:
+    """Each partial as our AD's derivative of its simplified parent (g_sss = d g_ss / ds with
+    g_ss simplified first): the third derivative of a kernel taken from the body at once is too
+    large for sympy to simplify (Matern 5/2's g_sss: 434 operations, against a dozen for d g_ss / ds),
+    and unsimplified its singular terms at s = 0 do not cancel exactly."""
+    memo = {"g": structure.body}
+
+    def partial(name):
+        if name not in memo:
+            index = partial_index(name)
+            parent = partial(partial_name(index[:-1]))
+            memo[name] = simplified(ad.derivative(parent, [index[-1]]), symbols)
+        return memo[name]
+    return [partial(name) for name in names]
+
+
+def _partials_program(kir, symbols, structure, partials, results, order, prefix="c", raw=None):
+    """The partials of g that ``results`` use (``raw``: their IR, by default by AD of the body),
+    simplified, CSE'd and made finite at s = 0 (or the kernel refused: it is not ``order``
+    differentiable at d = dp)."""
+    raw = raw if raw is not None else [structure.partial_expr(name) for name in partials]
+    simplified = optimise(raw, symbols, full=True, prefix=prefix, require_sympy=True,
                           origin=f"{kir.source.filename}:{kir.body_line}")
-    coefficient_exprs, guards = _guard_origin(simplified, symbols, kir, structure)
-    simplified.outputs = coefficient_exprs
-    return KernelProgram(value, simplified, value_guards + guards, uses, structure, partials)
+    simplified.outputs, guards = _guard_origin(simplified, symbols, kir, structure, partials, results, order)
+    return simplified, guards
 
 
 def _guard_value(program: Program, symbols, kir: KernelIR):
@@ -107,14 +169,16 @@ def _guard_value(program: Program, symbols, kir: KernelIR):
     return [guarded], [f"value: removable singularity at s = 0 replaced by its limit {limit}"]
 
 
-def _guard_origin(program: Program, symbols, kir: KernelIR, structure: KernelStructure):
+def _guard_origin(program: Program, symbols, kir: KernelIR, structure: KernelStructure, partials, results,
+                  order="twice"):
     """Make every partial finite at s = 0 (delta = 0), or refuse the kernel.  A partial that
-    multiplies delta^0 somewhere (the identity coefficient, a dp d^T term) must be finite."""
+    multiplies delta^0 somewhere in ``results`` (the identity coefficient, a dp d^T term) must
+    be finite."""
     s = symbols[S]
     where = f"{kir.source.filename}:{kir.body_line}"
     outputs, guards = [], []
-    for name, expr in zip(structure.partials, program.outputs):
-        delta_power = structure.delta_power(name)
+    for name, expr in zip(partials, program.outputs):
+        delta_power = structure.delta_power(name, results)
         full = _expand(expr, program, symbols)
         at_zero = full.subs(s, 0)
         if not full.has(s) or not at_zero.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
@@ -127,7 +191,7 @@ def _guard_origin(program: Program, symbols, kir: KernelIR, structure: KernelStr
                                    "finite at d = dp (s = |d - dp|^2 = 0); use numeric exponents and "
                                    "conditions that sympy can evaluate at s = 0")
             if not limit.is_finite:
-                raise CompileError(f"{where}: kernel {kir.source.name!r} is not twice differentiable at "
+                raise CompileError(f"{where}: kernel {kir.source.name!r} is not {order} differentiable at "
                                    f"d = dp: {name} diverges at s = |d - dp|^2 = 0")
             guards.append(f"{name}: removable singularity at s = 0 replaced by its limit {limit}")
             outputs.append(ir.make("where", ir.make("gt", ir.var(S), ir.ZERO), expr,
@@ -136,7 +200,7 @@ def _guard_origin(program: Program, symbols, kir: KernelIR, structure: KernelStr
         scaled = limit_from_above(full * s ** sp.Rational(delta_power, 2), s)
         if scaled != 0:  # None (sympy cannot tell) is refused too
             tends = "cannot be shown to vanish" if scaled is None else f"tends to {scaled}"
-            raise CompileError(f"{where}: kernel {kir.source.name!r} is not twice differentiable at "
+            raise CompileError(f"{where}: kernel {kir.source.name!r} is not {order} differentiable at "
                                f"d = dp: {name} * |delta|^{delta_power} {tends} at s = 0")
         guards.append(f"{name}: singular at s = 0 but multiplies delta^{delta_power}, whose product "
                       "vanishes there; set to 0 at s = 0")

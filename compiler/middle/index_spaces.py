@@ -98,6 +98,10 @@ class IndexSpace:
         """(F, K) read-only: the atoms of feature f = site * channels + channel."""
         return _atom_table(self, n, channels)
 
+    def term_table(self, n: int) -> np.ndarray:
+        """term_atoms(n) as the generated curvature loop reads it: int64, read-only, cached."""
+        return _term_table(self, n)
+
     def feature_permutations(self, n: int, channels: int, perms) -> np.ndarray:
         """(P, F) feature index maps with D(x[perm]) == D(x)[fperm], for (P, n) perms."""
         out = np.empty((len(perms), self.n_features(n, channels)), dtype=np.int64)
@@ -298,6 +302,13 @@ class Neighbours(IndexSpace):
 @lru_cache(maxsize=64)
 def _atom_table(space: IndexSpace, n: int, channels: int) -> np.ndarray:
     table = np.repeat(space.site_atoms(n), channels, axis=0).astype(np.int64)
+    table.setflags(write=False)
+    return table
+
+
+@lru_cache(maxsize=64)
+def _term_table(space: IndexSpace, n: int) -> np.ndarray:
+    table = np.ascontiguousarray(space.term_atoms(n), dtype=np.int64)
     table.setflags(write=False)
     return table
 

@@ -258,6 +258,23 @@ def optimise(outputs, symbols: dict, full=False, prefix="t", require_sympy=False
     return program
 
 
+def simplified(expr: ir.Expr, symbols: dict) -> ir.Expr:
+    """``expr`` simplified by sympy within the budgets, back as IR (``expr`` itself where sympy
+    cannot): for derivatives taken step by step, each from a simplified parent."""
+    try:
+        with sympy_budget():
+            (form,) = to_sympy([expr], symbols)
+    except SympyBudgetExceeded:
+        return expr
+    result = _simplified(form, [], SYMPY_SECONDS)
+    if result is form:
+        return expr
+    try:
+        return from_sympy(result, {sym: ir.var(name) for name, sym in symbols.items()})
+    except NoIRForm:
+        return expr
+
+
 def _simplified_all(exprs, notes):
     """sympy.simplify of each expression, all within one time budget."""
     deadline = time.monotonic() + SYMPY_SECONDS

@@ -45,8 +45,14 @@ _VARIABLE_GRADIENT = {
     ("delta_beta", "d"): {"beta": 1.0}, ("delta_beta", "dp"): {"beta": -1.0},
     ("d_beta", "d"): {"beta": 1.0}, ("dp_beta", "dp"): {"beta": 1.0},
 }
-# what the targets emit today (third order, d_h_beta, is derivable but not compiled yet)
+# what every model's force-field entry points emit (training, energies, forces)
 EMITTED = ("grad_d", "grad_dp", "hessian", "h_beta", "energy_term")
+# what Hessian prediction emits on top: a predicted energy's gradient and Hessian in the query's
+# descriptor d, per training point (third order: built and simplified separately, so models that
+# never predict Hessians do not pay for them in their hot loops)
+HESSIAN_EMITTED = ("prediction_gradient", "prediction_hessian")
+# the scalar variable of a training point's energy coefficient (joint energy+force models)
+ENERGY_WEIGHT = "w"
 # powers of delta that each scalar variable carries, for the s = 0 guard (|delta_beta| <= |delta|)
 _DELTA_DEGREE = {"delta_beta": 1, S: 2}
 
@@ -109,6 +115,13 @@ def _matrix(identity, pairs) -> Matrix:
 
 def scale(vector: Vector, factor) -> Vector:
     return _vector((b, _times(factor, c)) for b, c in vector.terms.items())
+
+
+def add(a, b):
+    """a + b for two Vectors or two Matrices (like terms summed, zeros dropped)."""
+    if isinstance(a, Vector):
+        return _vector([*a.terms.items(), *b.terms.items()])
+    return _matrix(_plus(a.identity, b.identity), [*a.terms.items(), *b.terms.items()])
 
 
 # Small canonical forms, so spelled expressions read like the hand-written ones: constants
@@ -353,6 +366,35 @@ class KernelStructure:
         """d (H beta) / dd (third order: what Hessian prediction needs)."""
         return jacobian(self.h_beta, "d", self.partial)
 
+    @cached_property
+    def energy_gradient(self) -> Vector:
+        """d (energy_term) / dd: one training point's share of a predicted energy's gradient in
+        the query's descriptor (equal to -H beta)."""
+        return gradient(self.energy_term, "d", self.partial)
+
+    @cached_property
+    def prediction_gradient(self) -> Vector:
+        """d E / dd of a predicted energy E = sum energy_term + w k (w: the energy coefficient of
+        a joint energy+force model, 0 otherwise), per training point."""
+        return add(self.energy_gradient, scale(self.grad_d, ir.var(ENERGY_WEIGHT)))
+
+    @cached_property
+    def prediction_hessian(self) -> Matrix:
+        """d2 E / dd2 of the same predicted energy, per training point (third order in k)."""
+        return jacobian(self.prediction_gradient, "d", self.partial)
+
+    @cached_property
+    def prediction_columns(self) -> list:
+        """(name, coefficient) of each column Hessian prediction computes per training point:
+        the energy gradient's coefficient of each basis vector ('gradient:delta'), then the
+        Hessian's identity ('hessian:identity', unless zero) and rank-one terms u w^T
+        ('hessian:delta,beta').  The runtime sums the columns against the basis vectors."""
+        gradient_, hessian_ = self.prediction_gradient, self.prediction_hessian
+        columns = [(f"gradient:{b}", c) for b, c in gradient_.terms.items()]
+        if hessian_.identity is not ir.ZERO:
+            columns.append(("hessian:identity", hessian_.identity))
+        return columns + [(f"hessian:{u},{w}", c) for (u, w), c in hessian_.terms.items()]
+
     def results(self, names=EMITTED) -> list:
         return [getattr(self, n) for n in names]
 
@@ -361,8 +403,13 @@ class KernelStructure:
         """The partials the emitted results use, in the order the generated code returns them."""
         return partials_needed(self.results())
 
-    def delta_power(self, partial: str):
-        return delta_power(self.results(), partial)
+    @cached_property
+    def hessian_partials(self) -> tuple:
+        """The partials Hessian prediction uses (HESSIAN_EMITTED), in its generated code's order."""
+        return partials_needed(self.results(HESSIAN_EMITTED))
+
+    def delta_power(self, partial: str, names=EMITTED):
+        return delta_power(self.results(names), partial)
 
     # ----------------------------------------------------------------- numpy evaluation
     def evaluate(self, result, scalars: dict, vectors: dict | None = None):

@@ -37,6 +37,21 @@ def site_term_lines(dir_: DescriptorIR, prog: DescriptorProgram, decorator: str,
     return lines
 
 
+def site_curvature_lines(dir_: DescriptorIR, prog: DescriptorProgram, decorator: str, style: str) -> list:
+    """site_curvature: the second derivatives of one feature term in its position variables
+    (upper triangle, h_p_q for p <= q), for Hessian prediction."""
+    space = dir_.over
+    pairs = prog.curvature_pairs(len(space.position_vars))
+    out_names = [f"h_{p}_{q}" for p, q in pairs]
+    args = ", ".join([*space.position_vars, *space.z_vars, "params"])
+    lines = [decorator, f"def site_curvature({args}):",
+             f'    """Second derivatives of site_term in ({", ".join(space.position_vars)}): h_p_q for p <= q."""']
+    lines += unpack_lines(dir_.param_names, "params")
+    lines += program_lines(prog.curvature, style, out_names)
+    lines += [f"    return {', '.join(out_names)}", "", ""]
+    return lines
+
+
 def partials_tuple(prog: KernelProgram) -> str:
     """The partials kernel_coefficients returns, as a tuple to return or unpack (`a, b` or `a,`)."""
     names = prog.partials

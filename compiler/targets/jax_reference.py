@@ -108,3 +108,24 @@ def force_block_function(descriptor, kernel):
         return np.asarray(C).reshape(3 * n, 3 * n)
 
     return block
+
+
+def prediction_energy_function(descriptor, kernel, DT, BT, WT=None, hyper=None):
+    """E(R, z=None) = sum_m [-grad_dp k(D(R), dt_m) . bt_m + w_m k(D(R), dt_m)]: a trained
+    model's energy (unscaled, no constant) from the training rows DT, BT (MP, F) and energy
+    weights WT (MP,) by JAX AD, forward mode throughout (see force_block_function); its
+    jax.hessian is the reference of Hessian prediction."""
+    jax, jnp = _jax()
+    hyper = hyper or {}
+    WT = jnp.zeros(len(DT)) if WT is None else jnp.asarray(WT)
+    grad_dp = jax.jacfwd(lambda d, dp: kernel(d, dp, **hyper), argnums=1)
+
+    def one(d, dt, bt, w):
+        return -jnp.dot(grad_dp(d, dt), bt) + w * kernel(d, dt, **hyper)
+
+    terms = jax.vmap(one, in_axes=(None, 0, 0, 0))
+
+    def energy(R, z=None):
+        return terms(descriptor(R, z), jnp.asarray(DT), jnp.asarray(BT), WT).sum()
+
+    return energy

@@ -15,7 +15,8 @@ from compiler.middle.analysis import DescriptorProgram, KernelProgram
 from compiler.middle.structure import Vector, component
 from compiler.targets.base import ModuleTarget, Plan
 from compiler.targets.common import (H_BETA_NAMES, describe_terms, h_beta_spelled, partials_tuple,
-                                     quote_source, rank_one_terms, site_term_lines, unpack_lines)
+                                     quote_source, rank_one_terms, site_curvature_lines, site_term_lines,
+                                     unpack_lines)
 from compiler.targets.spelling import program_lines, spell_term
 
 NJIT = "@njit(cache=True, error_model='numpy')"
@@ -71,7 +72,38 @@ def descriptor_source(dir_: DescriptorIR, prog: DescriptorProgram) -> list:
               '    """descriptor_one for every geometry of R (M, N, 3), in parallel."""',
               "    for m in prange(R.shape[0]):",
               "        descriptor_one(R[m], z, params, D[m], JAC[m])", "", ""]
+    lines += site_curvature_lines(dir_, prog, NJIT, STYLE)
+    lines += add_descriptor_curvature(dir_, prog)
     return lines
+
+
+def add_descriptor_curvature(dir_: DescriptorIR, prog: DescriptorProgram) -> list:
+    """H += sum_f W[f] d2 D_f / dx2, term by term from the index space's table of term atoms:
+    a term of `arity` atoms touches a (3 arity)^2 block, never a dense F x 3N x 3N tensor."""
+    space = dir_.over
+    coordinate = [f"3 * {a} + {k}" for a in space.atoms for k in range(3)]
+    call = space.site_call("R[{atom}, {k}]").replace("site_term(", "site_curvature(")
+    outputs = [f"h_{p}_{q}" for p, q in prog.curvature_pairs(len(coordinate))]
+    indent = " " * 16
+    lines = [NJIT, "def add_descriptor_curvature(R, z, params, terms, W, H):",
+             '    """H (3N, 3N) += sum_f W[f] d2 D_f / dx2 for one geometry R (N, 3): W (F,) weights',
+             "    per feature (f = site * channels + c), terms (sites, terms per site, arity) the atoms",
+             '    of every term summed into a site (IndexSpace.term_atoms)."""',
+             "    n_channels = params.shape[0]",
+             "    for site in range(terms.shape[0]):",
+             "        for term in range(terms.shape[1]):",
+             *[f"            {a} = terms[site, term, {n}]" for n, a in enumerate(space.atoms)],
+             "            for c in range(n_channels):",
+             "                w = W[site * n_channels + c]",
+             "                if w == 0.0:",
+             "                    continue",
+             f"{indent}{', '.join(outputs)} = {call}"]
+    for name in outputs:
+        p, q = map(int, name[2:].split("_"))
+        lines.append(f"{indent}H[{coordinate[p]}, {coordinate[q]}] += w * {name}")
+        if p != q:
+            lines.append(f"{indent}H[{coordinate[q]}, {coordinate[p]}] += w * {name}")
+    return lines + ["", ""]
 
 
 # --------------------------------------------------------------------------- kernel
@@ -94,6 +126,14 @@ def kernel_source(kir: KernelIR, prog: KernelProgram) -> list:
                   f'(by gdmlc AD, simplified).{why}"""', *unpack]
         lines += program_lines(prog.coefficients, style, prog.partials)
         lines += [f"    return {partials_tuple(prog)}", "", ""]
+    if prog.hessian is not None:
+        hessian = prog.hessian
+        lines += [f"# Hessian prediction, at s = 0: {note}" for note in hessian.guards]
+        lines += [NJIT, "def kernel_coefficients_hessian(s, t, hyper):",
+                  f'    """The partials {", ".join(hessian.partials)} of g that Hessian prediction uses '
+                  '(each by gdmlc AD of its simplified parent)."""', *unpack]
+        lines += program_lines(hessian.coefficients, STYLE, hessian.partials)
+        lines += [f"    return {', '.join(hessian.partials)}{',' if len(hessian.partials) == 1 else ''}", "", ""]
     return lines
 
 
@@ -438,6 +478,57 @@ def forces_from_descriptor_gradients(prog: KernelProgram) -> list:
             "", ""]
 
 
+# the scalars a Hessian column may use, each a reduction over the features of d, dp_m, beta_m
+HESSIAN_REDUCTIONS = {"s": "diff * diff", "t": "d[f] * dp[f]", "delta_beta": "diff * beta[f]",
+                      "d_beta": "d[f] * beta[f]", "dp_beta": "dp[f] * beta[f]"}
+
+
+def hessian_coefficients(prog: KernelProgram) -> list:
+    if prog.hessian is None:
+        return []  # the kernel is not three times differentiable: METADATA says why
+    columns = prog.structure.prediction_columns
+    used = ir.free_variables([c for _, c in columns])
+    reductions = {name: text for name, text in HESSIAN_REDUCTIONS.items() if name in used or name in "st"}
+    return [NJIT_PARALLEL, "def hessian_coefficients(d, DT, BT, WT, hyper, C):",
+            '    """Hessian prediction at one query descriptor d (F,): per permuted training point m',
+            "    (DT, BT (MP, F), energy weights WT (MP,), zeros for a forces-only model) the",
+            "    coefficients of the predicted energy's gradient and Hessian in d (the kernel structure's",
+            "    prediction_gradient and prediction_hessian), one column each (METADATA hessian_columns):",
+            *[f"        C[m, {k}]  {name}: {spell_term(c, STYLE)}" for k, (name, c) in enumerate(columns)],
+            '    with delta = d - DT[m], beta = BT[m], w = WT[m]."""',
+            "    n_features = d.shape[0]",
+            "    for m in prange(DT.shape[0]):",
+            "        dp = DT[m]",
+            *(["        beta = BT[m]"] if "beta" in "".join(reductions.values()) else []),
+            *(["        w = WT[m]"] if "w" in used else []),
+            *[f"        {name} = 0.0" for name in reductions],
+            "        for f in range(n_features):",
+            "            diff = d[f] - dp[f]",
+            *[f"            {name} += {text}" for name, text in reductions.items()],
+            f"        {', '.join(prog.hessian.partials)}{',' if len(prog.hessian.partials) == 1 else ''}"
+            " = kernel_coefficients_hessian(s, t, hyper)",
+            *[f"        C[m, {k}] = {spell_term(c, STYLE)}" for k, (_, c) in enumerate(columns)],
+            "", ""]
+
+
+def project_rows(prog: KernelProgram) -> list:
+    return [NJIT_PARALLEL, "def project_rows(B, jac, atoms, X):",
+            '    """X[m] = J^T B[m]: descriptor-space rows B (M, F) to atom space (M, 3N) through one',
+            '    geometry\'s sparse Jacobian jac (F, K, 3)."""',
+            "    n_features, n_slots = atoms.shape",
+            "    for m in prange(B.shape[0]):",
+            "        row = X[m]",
+            "        row[:] = 0.0",
+            "        for f in range(n_features):",
+            "            b = B[m, f]",
+            "            for k in range(n_slots):",
+            "                a3 = 3 * atoms[f, k]",
+            "                row[a3] += jac[f, k, 0] * b",
+            "                row[a3 + 1] += jac[f, k, 1] * b",
+            "                row[a3 + 2] += jac[f, k, 2] * b",
+            "", ""]
+
+
 def contract(prog: KernelProgram) -> list:
     return [NJIT_PARALLEL, "def contract(JAC, atoms, V, B):",
             '    """B[m] = J(x_m) V[m]: descriptor-space vectors (M, F) from atom-space V (M, N, 3)."""',
@@ -519,7 +610,7 @@ def predict_energy_weights(prog: KernelProgram) -> list:
 # the fused force-field entry points of a model, in module order
 MODEL_ENTRY_POINTS = (work_size, force_block_parts, assemble_rows, add_forces, predict, predict_coefficients,
                       predict_tiles, forces_from_descriptor_gradients, contract, energy_force_blocks,
-                      assemble_energy_rows, predict_energy_weights)
+                      assemble_energy_rows, predict_energy_weights, hessian_coefficients, project_rows)
 
 
 def model_source(prog: KernelProgram) -> list:
