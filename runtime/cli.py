@@ -20,7 +20,7 @@ from compiler.atomic_io import atomic_writer
 from compiler.library import LIBRARY_DESCRIPTORS, LIBRARY_KERNELS, resolve
 
 from .data import (DEFAULT_DATA, DatasetError, check_force_energy_consistency, check_same_species,
-                   load_dataset, load_geometries, unit_labels)
+                   hessian_unit_label, load_dataset, load_geometries, unit_labels)
 from . import vibrations
 from .model import GDML, error_table
 
@@ -119,6 +119,8 @@ def cmd_train(args):
                                         *(_dsl_file(spec) for spec in (args.descriptor, args.kernel))])
     ds = _load(data_path, args)
     print(f"dataset  {data_path}  ({ds.name}, {len(ds)} frames, {ds.n_atoms} atoms, {ds.theory})")
+    if ds.H is not None:  # read and checked, but the training matrices have no Hessian blocks yet
+        print(f"note: Hessians for {len(ds.H_frames)} frames are not used in training yet", file=sys.stderr)
     parts = _split(ds, args)
     train, valid, test = (parts[role][0] if role in parts else None for role in ("training", "validation", "test"))
     model = GDML(descriptor=descriptor, kernel=kernel, sigma=args.sigma, lam=args.lam,
@@ -173,7 +175,7 @@ def cmd_train(args):
 
 def _load(path, args, require_forces=True):
     return load_dataset(path, labels=args.labels, require_forces=require_forces,
-                        energy_key=args.energy_key, forces_key=args.forces_key)
+                        energy_key=args.energy_key, forces_key=args.forces_key, hessian_key=args.hessian_key)
 
 
 def _split(ds, args):
@@ -413,7 +415,8 @@ def cmd_info(args):
         e_unit, f_unit = _units(ds)
         print(f"dataset {path}: {ds.name}, {len(ds)} frames, {ds.n_atoms} atoms z={ds.z.tolist()}, "
               f"theory {ds.theory}, energies {'yes' if ds.E is not None else 'no'} ({e_unit}), "
-              f"forces {'yes' if ds.F is not None else 'no'} ({f_unit})")
+              f"forces {'yes' if ds.F is not None else 'no'} ({f_unit}), "
+              f"Hessians {_hessian_summary(ds)}")
         return 0
     model = GDML.load(path)  # a model that fails to load reports its own error
     info = {k: v for k, v in model.info.items() if not k.endswith("_indices")}
@@ -422,6 +425,13 @@ def cmd_info(args):
           f"sigma {model.sigma:g}, lambda {model.lam_used:g}")
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+def _hessian_summary(ds):
+    """'no', or how many frames have a Hessian and its unit."""
+    if ds.H is None:
+        return "no"
+    return f"for {len(ds.H_frames)} of {len(ds)} frames ({hessian_unit_label(ds.energy_unit, ds.length_unit)})"
 
 
 def _device_option(p):
@@ -482,6 +492,8 @@ def _label_options(p):
                                         "(default: ASE's energy, else REF_energy)")
     p.add_argument("--forces-key", help="extended XYZ: the per-atom array of the forces "
                                         "(default: ASE's forces, else REF_forces)")
+    p.add_argument("--hessian-key", help="extended XYZ: the info key of each frame's Hessian, 9N^2 numbers "
+                                         "(default: hessian, else REF_hessian)")
 
 
 class _Parser(argparse.ArgumentParser):

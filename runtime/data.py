@@ -2,6 +2,10 @@
 
 `load_dataset` reads sGDML dataset .npz files, rMD17 .npz files and extended
 XYZ files into a `Dataset`; `validate_arrays` checks user arrays the same way.
+Datasets may carry Hessians d2E/dx2 (energy unit / length unit^2) for all or
+some frames: an sGDML npz's `H` (K, 3N, 3N) or (K, N, 3, N, 3), with
+`H_frames` (K,) naming the frames when K is not every frame; in extended XYZ a
+per-frame info entry of 9N^2 numbers (frames without it have no Hessian).
 Every problem with the data raises `DatasetError`, whose message names the
 file (or "input"), the key and, where it applies, the frame and atom.
 Frame and atom indices in messages are 0-based.
@@ -26,7 +30,7 @@ MAX_ATOMIC_NUMBER = 118
 _SGDML_KEYS = {"R", "z"}
 _RMD17_KEYS = {"nuclear_charges", "coords"}
 _EXPECTED_NPZ_KEYS = (
-    "sGDML keys (R, z, F[, E, name, theory, r_unit, e_unit]) or "
+    "sGDML keys (R, z, F[, E, H, H_frames, name, theory, r_unit, e_unit]) or "
     "rMD17 keys (nuclear_charges, coords, energies, forces[, old_energies, old_forces])"
 )
 _RMD17_THEORY = {"new": "PBE/def2-SVP (rMD17)", "old": "PBE+vdW-TS (MD17, original labels)"}
@@ -34,9 +38,18 @@ _XYZ_SUFFIXES = (".xyz", ".extxyz")
 # extended XYZ label keys tried in order when none is named (ASE's own, then the REF_ convention)
 _XYZ_ENERGY_KEYS = ("energy", "REF_energy")
 _XYZ_FORCES_KEYS = ("forces", "REF_forces")
+_XYZ_HESSIAN_KEYS = ("hessian", "REF_hessian")
+# A Hessian is symmetric; a frame is refused when |H - H^T| > RTOL * max|H| + ATOL (file units) anywhere,
+# and symmetrised, (H + H^T) / 2, within it. RTOL admits round-off of stored values and the asymmetry of a
+# careful finite-difference Hessian (1.4e-6 of max|H| for the embedded GFN2-xTB set before symmetrising);
+# a wrong layout (N, N, 3, 3) or a transposed block is asymmetric at the scale of H itself.
+HESSIAN_SYMMETRY_RTOL = 1e-5
+HESSIAN_SYMMETRY_ATOL = 1e-8
 
 # the embedded GFN2-xTB ethanol data (`gdmlc train` without a dataset)
 DEFAULT_DATA = Path(__file__).resolve().parent / "default_data" / "ethanol_gfn2xtb_500K.npz"
+# GFN2-xTB Hessians of 40 of its frames, plus the relaxed minimum (R_min, E_min, F_min, H_min)
+DEFAULT_HESSIAN_DATA = DEFAULT_DATA.with_name("ethanol_gfn2xtb_500K_hessians.npz")
 
 
 class DatasetError(ValueError):
@@ -55,6 +68,8 @@ class Dataset:
     length_unit: str
     source: str
     labels: str  # 'default' | 'new' | 'old'
+    H: np.ndarray | None = None  # (K, 3N, 3N) float64 Hessians d2E/dx2 of frames H_frames, symmetric
+    H_frames: np.ndarray | None = None  # (K,) int64 ascending frame indices; None exactly when H is None
 
     def __len__(self) -> int:
         return len(self.R)
@@ -69,13 +84,26 @@ class Dataset:
         R = self.R[idx]  # fancy indexing copies
         if len(R) == 0:
             raise DatasetError(f"{self.source}: subset selects no frames")
+        H, H_frames = self._hessians_of(idx)
         return dataclasses.replace(
             self, R=R, z=self.z.copy(), F=None if self.F is None else self.F[idx],
-            E=None if self.E is None else self.E[idx],
+            E=None if self.E is None else self.E[idx], H=H, H_frames=H_frames,
         )
 
+    def _hessians_of(self, idx):
+        """(H, H_frames) of the frames `idx` selects, numbered as in the subset; (None, None) if none has one."""
+        if self.H is None:
+            return None, None
+        slot = np.full(len(self), -1)  # frame -> its row in H, -1 without a Hessian
+        slot[self.H_frames] = np.arange(len(self.H_frames))
+        picked = slot[idx]
+        has = picked >= 0
+        if not has.any():
+            return None, None
+        return self.H[picked[has]], np.flatnonzero(has)
+
     def fingerprint(self) -> str:
-        """sha256 hex of the shapes, then the bytes of R, z, E (if any), F.
+        """sha256 hex of the shapes, then the bytes of R, z, E (if any), F, H_frames and H (if any).
 
         Arrays are hashed as little-endian C-contiguous float64/int64, so the
         value does not depend on how the data was loaded or on the platform.
@@ -84,7 +112,9 @@ class Dataset:
         shapes = (self.R.shape, self.z.shape, None if self.E is None else self.E.shape,
                   None if self.F is None else self.F.shape)
         h.update(repr(shapes).encode())  # keeps differently shaped data with equal bytes apart
-        for array, dtype in ((self.R, "<f8"), (self.z, "<i8"), (self.E, "<f8"), (self.F, "<f8")):
+        # Hessians last, so that a dataset without them keeps the fingerprint it had before they existed
+        hessians = () if self.H is None else ((self.H_frames, "<i8"), (self.H, "<f8"))
+        for array, dtype in ((self.R, "<f8"), (self.z, "<i8"), (self.E, "<f8"), (self.F, "<f8"), *hessians):
             if array is not None:
                 h.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
         return h.hexdigest()
@@ -93,13 +123,15 @@ class Dataset:
 # --------------------------------------------------------------------------- validation
 
 
-def validate_arrays(R, F=None, E=None, z=None, where="input") -> None:
+def validate_arrays(R, F=None, E=None, z=None, where="input", H=None, H_frames=None) -> None:
     """Raise DatasetError unless the arrays form usable training data.
 
     R (M, N, 3) with M >= 1 and N >= 2, F of the same shape, E of shape (M,)
     or (M, 1), z of shape (N,) with atomic numbers 1..118; all finite.
+    H, H_frames: Hessians as `checked_hessians` takes them.
     """
-    checked_arrays(R, F, E, z, where)
+    R, _, _, _ = checked_arrays(R, F, E, z, where)
+    checked_hessians(H, H_frames, R.shape[0], R.shape[1], where)
 
 
 def checked_arrays(R, F, E, z, where, keys=None, require_forces=True):
@@ -146,6 +178,104 @@ def checked_arrays(R, F, E, z, where, keys=None, require_forces=True):
     return R, F, E, z
 
 
+def checked_hessians(H, H_frames, n_frames, n_atoms, where, keys=None):
+    """Validate Hessians; return (H (K, 3N, 3N), H_frames (K,) ascending), symmetrised, or (None, None).
+
+    H: (K, 3N, 3N) or (K, N, 3, N, 3). H_frames: the frames the K Hessians
+    belong to; without it K must be the number of frames. `keys` maps 'H',
+    'H_frames' to the caller's names, as in `checked_arrays`.
+    """
+    keys = {"H": "H", "H_frames": "H_frames", **(keys or {})}
+    if H is None:
+        if H_frames is not None:
+            raise DatasetError(f"{where}: {keys['H_frames']} is given but there are no Hessians ({keys['H']})")
+        return None, None
+    H = _hessian_matrices(_float_array(H, where, keys["H"]), n_atoms, where, keys["H"])
+    frames = _hessian_frames(H_frames, len(H), n_frames, where, keys)
+    order = np.argsort(frames, kind="stable")
+    H, frames = H[order], frames[order]
+    _check_hessians_finite(H, frames, where, keys["H"])
+    return _symmetrised(H, frames, where, keys["H"]), frames
+
+
+def _hessian_matrices(H, n_atoms, where, key):
+    """H as (K, 3N, 3N), from that shape or (K, N, 3, N, 3)."""
+    n3 = 3 * n_atoms
+    if H.shape[1:] == (n_atoms, 3, n_atoms, 3):
+        H = H.reshape(len(H), n3, n3)
+    if H.ndim != 3 or H.shape[1:] != (n3, n3):
+        raise DatasetError(
+            f"{where}: {key}: expected shape (K, {n3}, {n3}) or (K, {n_atoms}, 3, {n_atoms}, 3) "
+            f"(one 3N x 3N Hessian per frame, N = {n_atoms} atoms), got {H.shape}"
+        )
+    if len(H) == 0:
+        raise DatasetError(f"{where}: {key}: holds no Hessians (shape {H.shape}); leave it out instead")
+    return H
+
+
+def _hessian_frames(H_frames, n_hessians, n_frames, where, keys):
+    """The frame of each Hessian: H_frames checked, or every frame when it is absent."""
+    if H_frames is None:
+        if n_hessians != n_frames:
+            raise DatasetError(
+                f"{where}: {keys['H']}: {n_hessians} Hessians for {n_frames} frames; give one per frame, "
+                f"or the frames that have one in {keys['H_frames']}"
+            )
+        return np.arange(n_frames)
+    frames = np.asarray(H_frames)
+    if frames.dtype.kind not in "iu":
+        raise DatasetError(f"{where}: {keys['H_frames']}: expected integer frame indices, got dtype {frames.dtype}")
+    if frames.shape != (n_hessians,):
+        raise DatasetError(
+            f"{where}: {keys['H_frames']}: expected shape ({n_hessians},) (one frame per Hessian in "
+            f"{keys['H']}), got {frames.shape}"
+        )
+    outside = (frames < 0) | (frames >= n_frames)
+    if outside.any():
+        entry = int(np.argmax(outside))
+        raise DatasetError(
+            f"{where}: {keys['H_frames']}: entry {entry} is frame {frames[entry]}, but there are "
+            f"{n_frames} frames (0..{n_frames - 1})"
+        )
+    values, counts = np.unique(frames, return_counts=True)
+    if (counts > 1).any():
+        frame = values[np.argmax(counts > 1)]
+        entries = np.flatnonzero(frames == frame)[:2].tolist()
+        raise DatasetError(f"{where}: {keys['H_frames']}: frame {frame} has two Hessians (entries {entries})")
+    return frames.astype(np.int64)
+
+
+def _coordinate(index):
+    """'atom 2 y' for row/column 7 of a 3N x 3N Hessian."""
+    return f"atom {index // 3} {'xyz'[index % 3]}"
+
+
+def _check_hessians_finite(H, frames, where, key):
+    bad = ~np.isfinite(H)
+    if bad.any():
+        k, i, j = np.unravel_index(np.argmax(bad), bad.shape)
+        raise DatasetError(
+            f"{where}: {key}: frame {frames[k]}, entry ({i}, {j}) ({_coordinate(i)}, {_coordinate(j)}) "
+            f"is not finite ({H[k, i, j]})"
+        )
+
+
+def _symmetrised(H, frames, where, key):
+    """(H + H^T) / 2, after refusing the first frame asymmetric beyond the stated tolerance."""
+    asymmetry = np.abs(H - np.swapaxes(H, 1, 2))
+    tolerance = HESSIAN_SYMMETRY_RTOL * np.abs(H).max(axis=(1, 2)) + HESSIAN_SYMMETRY_ATOL
+    beyond = asymmetry > tolerance[:, None, None]
+    if beyond.any():
+        k, i, j = np.unravel_index(np.argmax(beyond), beyond.shape)
+        raise DatasetError(
+            f"{where}: {key}: frame {frames[k]} is not symmetric: entry ({i}, {j}) ({_coordinate(i)}, "
+            f"{_coordinate(j)}) is {H[k, i, j]:.8g} but ({j}, {i}) is {H[k, j, i]:.8g}, a difference of "
+            f"{asymmetry[k, i, j]:.3g} > {tolerance[k]:.3g} (= {HESSIAN_SYMMETRY_RTOL:g} max|H| + "
+            f"{HESSIAN_SYMMETRY_ATOL:g}); if that is finite-difference noise, store (H + H^T) / 2"
+        )
+    return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+
 def _float_array(value, where, key):
     array = np.asarray(value)
     if array.dtype.kind not in "iuf":
@@ -183,7 +313,8 @@ def _atomic_numbers(z, n_atoms, where, key):
 
 
 def load_dataset(path, labels: str = "new", require_forces: bool = True,
-                 energy_key: str | None = None, forces_key: str | None = None) -> Dataset:
+                 energy_key: str | None = None, forces_key: str | None = None,
+                 hessian_key: str | None = None) -> Dataset:
     """Read a dataset file; the format is chosen by extension, then content.
 
     labels: 'new' (default) or 'old'; 'old' selects the original MD17 labels
@@ -191,14 +322,16 @@ def load_dataset(path, labels: str = "new", require_forces: bool = True,
     require_forces=False accepts files without forces (Dataset.F is None).
     energy_key, forces_key: the extended XYZ keys holding the labels (default:
     ASE's energy/forces, else REF_energy/REF_forces).
+    hessian_key: the extended XYZ info key holding each frame's Hessian
+    (default: hessian, else REF_hessian).
     """
     path = Path(path)
     if labels not in LABEL_SETS:
         raise DatasetError(f"{path}: labels must be one of {LABEL_SETS}, got {labels!r}")
     if _is_xyz(path):
-        return _load_xyz(path, labels, require_forces, energy_key, forces_key)
-    if energy_key or forces_key:
-        raise DatasetError(f"{path}: energy/forces keys can only be chosen for extended XYZ files")
+        return _load_xyz(path, labels, require_forces, energy_key, forces_key, hessian_key)
+    if energy_key or forces_key or hessian_key:
+        raise DatasetError(f"{path}: energy/forces/Hessian keys can only be chosen for extended XYZ files")
     return _load_npz(_read_npz(path), path, labels, require_forces)
 
 
@@ -233,6 +366,13 @@ def check_same_species(z, z_ref, where, ref="the model"):
             f"{where}: atom {atom} is {chemical_symbols[int(z[atom])]} in {Path(where).name} but "
             f"{chemical_symbols[int(z_ref[atom])]} in {ref} (species and atom order must be the training data's)"
         )
+
+
+def hessian_unit_label(energy_unit, length_unit):
+    """The unit text of Hessians: energy per length squared, 'unknown units' when the file does not say."""
+    if "unknown" in (energy_unit, length_unit):
+        return "unknown units"
+    return f"{energy_unit}/{length_unit}^2"
 
 
 def unit_labels(energy_unit, length_unit):
@@ -284,8 +424,9 @@ def _from_sgdml(data, path, labels, require_forces):
     _reject_old_labels(labels, path, f"keys {sorted(data)}")
     R, F, E, z = checked_arrays(data["R"], data.get("F"), data.get("E"), data["z"], str(path),
                                 require_forces=require_forces)
+    H, H_frames = checked_hessians(data.get("H"), data.get("H_frames"), *R.shape[:2], str(path))
     return Dataset(
-        R=R, z=z, F=F, E=E,
+        R=R, z=z, F=F, E=E, H=H, H_frames=H_frames,
         name=_text(data, "name", path.stem),
         theory=_text(data, "theory", "unknown"),
         energy_unit=_text(data, "e_unit", "unknown"),
@@ -334,7 +475,7 @@ def _reject_old_labels(labels, path, contents):
         raise DatasetError(f"{path}: labels='old' needs old_energies/old_forces, but the file has {contents}")
 
 
-def _load_xyz(path, labels, require_forces=True, energy_key=None, forces_key=None):
+def _load_xyz(path, labels, require_forces=True, energy_key=None, forces_key=None, hessian_key=None):
     import ase.io  # ase is only needed for this format
 
     _reject_old_labels(labels, path, "extended XYZ frames")
@@ -352,8 +493,10 @@ def _load_xyz(path, labels, require_forces=True, energy_key=None, forces_key=Non
     e_key, E = _xyz_labels(frames, energy_key, _XYZ_ENERGY_KEYS, _frame_energy, path)
     keys = {"R": "positions", "F": f_key, "E": e_key, "z": "numbers"}
     R, F, E, z = checked_arrays(R, F, E, z, str(path), keys, require_forces=require_forces)
+    h_key, H, H_frames = _xyz_hessians(frames, hessian_key, len(z), path)
+    H, H_frames = checked_hessians(H, H_frames, *R.shape[:2], str(path), {"H": h_key})
     return Dataset(
-        R=R, z=z, F=F, E=E,
+        R=R, z=z, F=F, E=E, H=H, H_frames=H_frames,
         name=path.stem,
         theory=str(frames[0].info.get("theory", "unknown")),
         energy_unit="eV",  # ASE's units
@@ -390,6 +533,33 @@ def _xyz_labels(frames, key, default_keys, read, path):
     if key:
         raise DatasetError(f"{path}: no frame has the key {key!r}")
     return default_keys[0], None
+
+
+def _xyz_hessians(frames, key, n_atoms, path):
+    """(key, H (K, 3N, 3N), H_frames (K,)) from per-frame info entries, or (key, None, None).
+
+    Unlike energies and forces, only some frames need a Hessian: the others have none."""
+    for candidate in [key] if key else _XYZ_HESSIAN_KEYS:
+        present = [frame for frame, atoms in enumerate(frames) if candidate in atoms.info]
+        if present:
+            H = [_frame_hessian(frames[frame].info[candidate], n_atoms, frame, candidate, path) for frame in present]
+            return candidate, np.stack(H), np.array(present)
+    if key:
+        raise DatasetError(f"{path}: no frame has the key {key!r}")
+    return _XYZ_HESSIAN_KEYS[0], None, None
+
+
+def _frame_hessian(value, n_atoms, frame, key, path):
+    """One frame's Hessian from its info entry: 9N^2 numbers (flat, as ASE writes arrays) in row order."""
+    n3 = 3 * n_atoms
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf" or array.size != n3 * n3:
+        got = f"{array.size} values" if array.dtype.kind in "iuf" else repr(value)[:40]
+        raise DatasetError(
+            f"{path}: {key}: frame {frame}: expected {n3 * n3} numbers (a {n3} x {n3} Hessian, "
+            f"flattened), got {got}"
+        )
+    return array.reshape(n3, n3)
 
 
 def _frame_forces(atoms, key):

@@ -41,6 +41,22 @@ it (single-threaded is also the fastest setting for a 9-atom molecule).
 ``--verify PATH`` only checks an existing file (shapes, units, md5, bonded
 topology intact, and F = -dE/dR by central finite differences on a few frames
 using the same calculator settings).
+
+``--hessians K`` instead writes the small Hessian set
+``ethanol_gfn2xtb_500K_hessians.npz``: GFN2-xTB Hessians of K frames of the
+main file (evenly spaced over the trajectory) and of the relaxed minimum (BFGS
+from frame 0, fmax 1e-4 eV/Angstrom).  tblite has no analytic Hessian, so each
+is the central finite difference of tblite's analytic forces,
+H[:, k] = -(F(x + h e_k) - F(x - h e_k)) / (2 h), then symmetrised.  Keys:
+
+    R, z, E, F, H   K frames (like the main file; H (K, 27, 27) in kcal/mol/Angstrom^2)
+    main_frames     (K,) the frames' indices in ethanol_gfn2xtb_500K.npz
+    H_asymmetry     (K,) max |H - H^T| before symmetrising (the finite-difference error's scale)
+    R_min, E_min, F_min, H_min, H_min_asymmetry   the relaxed minimum, the same quantities
+    main_md5        the main file's md5, so that main_frames cannot point into another file
+
+``--verify`` on that file checks symmetry, that the minimum's forces vanish,
+and H = -dF/dx again by central differences with twice the step on a few frames.
 """
 
 from __future__ import annotations
@@ -77,6 +93,7 @@ except ImportError:  # older ASE
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "ethanol_gfn2xtb_500K.npz"
+HESSIAN_OUT = HERE / "ethanol_gfn2xtb_500K_hessians.npz"
 
 _U2018 = ase.units.create_units("2018")
 #: kcal/mol per eV (CODATA 2018 via ase.units) == 23.060547830619026
@@ -89,6 +106,16 @@ METHOD = "GFN2-xTB"
 #: geometry depend on the SCF starting guess at the ~1e-2 kcal/mol/Ang level,
 #: with 0.01 at the ~1e-4 level.
 DEFAULT_ACCURACY = 0.01
+#: SCF accuracy for Hessians: a difference quotient divides the forces' SCF noise by 2h; at
+#: accuracy 0.01 that noise (~1e-4 kcal/mol/Ang) is ~0.1 kcal/mol/Ang^2 at h = 5e-4, at 1e-4 it is
+#: below the truncation error.  The forces change by ~1e-5 kcal/mol/Ang against the main file's.
+HESSIAN_ACCURACY = 1e-4
+#: finite-difference step [Angstrom]: the truncation error (~h^2, about 1e-3 kcal/mol/Ang^2 here,
+#: 1e-6 of max|H| ~ 1300) balanced against the SCF noise, which grows as 1/h (measured on the
+#: minimum and frame 1234 for h = 5e-4 .. 8e-3 against a Richardson extrapolation)
+HESSIAN_STEP = 5e-4
+#: BFGS convergence of the relaxed minimum [eV/Angstrom]
+MINIMUM_FMAX = 1e-4
 
 
 def dataset_md5(data) -> str:
@@ -319,6 +346,111 @@ def verify(path, n_fd_frames=2, h=1e-4, seed=0, accuracy=DEFAULT_ACCURACY) -> bo
     return ok
 
 
+def force_hessian(atoms, R, h=HESSIAN_STEP):
+    """(H raw (3N, 3N) kcal/mol/Ang^2, column k = -dF/dx_k by central differences of step h)."""
+    n3 = R.size
+    H = np.empty((n3, n3))
+    for k in range(n3):
+        step = np.zeros(n3)
+        step[k] = h
+        step = step.reshape(R.shape)
+        atoms.set_positions(R + step)
+        f_plus = atoms.get_forces(apply_constraint=False)
+        atoms.set_positions(R - step)
+        f_minus = atoms.get_forces(apply_constraint=False)
+        H[:, k] = -(f_plus - f_minus).ravel() / (2 * h) * KCALMOL_PER_EV
+    return H
+
+
+def labelled(atoms, R, h=HESSIAN_STEP):
+    """(E, F, H symmetrised, max |H - H^T| before) at positions R, in kcal/mol and Angstrom."""
+    H = force_hessian(atoms, R, h)
+    asymmetry = np.abs(H - H.T).max()
+    atoms.set_positions(R)
+    E = atoms.get_potential_energy() * KCALMOL_PER_EV
+    F = atoms.get_forces(apply_constraint=False) * KCALMOL_PER_EV
+    return E, F, 0.5 * (H + H.T), asymmetry
+
+
+def relaxed_minimum(atoms, R0):
+    """Positions of the GFN2-xTB minimum reached by BFGS from R0."""
+    from ase.optimize import BFGS
+
+    atoms.set_positions(R0)
+    BFGS(atoms, logfile=None).run(fmax=MINIMUM_FMAX, steps=1000)
+    return atoms.get_positions().copy()
+
+
+def generate_hessians(args) -> Path:
+    """The Hessian set: K evenly spaced frames of the main file and the relaxed minimum."""
+    t0 = time.perf_counter()
+    with np.load(args.main) as f:
+        main = {k: f[k] for k in f.files}
+    frames = np.linspace(0, len(main["R"]) - 1, args.hessians).round().astype(np.int64)
+    atoms = build_ethanol()
+    assert np.array_equal(atoms.numbers, main["z"])
+    atoms.calc = make_calculator(HESSIAN_ACCURACY)
+    labels = [labelled(atoms, main["R"][m]) for m in frames]
+    R_min = relaxed_minimum(atoms, main["R"][0])
+    E_min, F_min, H_min, asym_min = labelled(atoms, R_min)
+    theory = (
+        f"{METHOD} (tblite {tblite_version()}, accuracy {HESSIAN_ACCURACY:g}), frames of "
+        f"{Path(args.main).name}; H by central differences of analytic forces, h = {HESSIAN_STEP:g} Ang"
+    )
+    data = {
+        "type": np.array("d"), "name": np.array("ethanol"), "theory": np.array(theory),
+        "R": main["R"][frames], "z": main["z"],
+        "E": np.array([e for e, _, _, _ in labels]), "F": np.stack([f for _, f, _, _ in labels]),
+        "H": np.stack([h for _, _, h, _ in labels]), "H_asymmetry": np.array([a for _, _, _, a in labels]),
+        "main_frames": frames, "main_md5": np.array(str(main["md5"])),
+        "R_min": R_min, "E_min": np.array(E_min), "F_min": F_min, "H_min": H_min,
+        "H_min_asymmetry": np.array(asym_min),
+        "r_unit": np.array("Ang"), "e_unit": np.array("kcal/mol"),
+    }
+    data["md5"] = np.array(dataset_md5(data))
+    out = Path(args.output)
+    np.savez_compressed(out, **data)
+    print(
+        f"[make_default_data] wrote {out} ({out.stat().st_size / 1e3:.0f} kB), {len(frames)} Hessians + the "
+        f"minimum (E {E_min:.4f} kcal/mol), max raw asymmetry {data['H_asymmetry'].max():.2e} kcal/mol/Ang^2, "
+        f"{time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    return out
+
+
+def verify_hessians(path, n_fd_frames=3, seed=0) -> bool:
+    """Checks of a Hessian set: symmetric, minimum force-free, H = -dF/dx again with step 2h."""
+    with np.load(path) as f:
+        d = {k: f[k] for k in f.files}
+    H, R = d["H"], d["R"]
+    print(f"[verify] {path}: {len(H)} Hessians {H.shape}, max|H| {np.abs(H).max():.1f} kcal/mol/Ang^2, "
+          f"raw asymmetry max {d['H_asymmetry'].max():.2e}")
+    eigenvalues = np.linalg.eigvalsh(d["H_min"])
+    print(f"  minimum: E {float(d['E_min']):.4f} kcal/mol, max|F| {np.abs(d['F_min']).max():.2e} kcal/mol/Ang, "
+          f"H eigenvalues {eigenvalues[:6].round(3).tolist()} (6 near 0) ... {eigenvalues[-1]:.1f}")
+    checks = {
+        "md5": str(d["md5"]) == dataset_md5(d),
+        "symmetric": all(np.array_equal(h, h.T) for h in (*H, d["H_min"])),
+        "minimum force-free": np.abs(d["F_min"]).max() < MINIMUM_FMAX * KCALMOL_PER_EV,
+        "minimum positive": (eigenvalues[6:] > 0).all(),
+    }
+    atoms = build_ethanol()
+    atoms.calc = make_calculator(HESSIAN_ACCURACY)
+    rng = np.random.default_rng(seed)
+    frames = sorted(rng.choice(len(H), size=min(n_fd_frames, len(H)), replace=False).tolist())
+    worst = 0.0
+    for m in frames:
+        again = force_hessian(atoms, R[m], 2 * HESSIAN_STEP)
+        difference = np.abs(again - H[m]).max()
+        worst = max(worst, difference / np.abs(H[m]).max())
+        print(f"  frame {m:3d} (main frame {d['main_frames'][m]}): max |H(2h) - H| = {difference:.2e} kcal/mol/Ang^2")
+    checks["H = -dF/dx (FD, 2h)"] = worst < 1e-5
+    for k, v in checks.items():
+        print(f"  check {k:20s}: {'OK' if v else 'FAIL'}")
+    return all(bool(v) for v in checks.values())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -335,10 +467,22 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=20240501, help="random seed (velocities + Langevin noise)")
     p.add_argument("--no-verify", action="store_true", help="skip the sanity checks after generation")
     p.add_argument("--verify", metavar="PATH", help="only verify an existing dataset file and exit")
+    p.add_argument("--hessians", type=int, metavar="K",
+                   help=f"write the Hessian set of K frames of --main and the minimum (default output {HESSIAN_OUT.name})")
+    p.add_argument("--main", default=str(DEFAULT_OUT), help="--hessians: the main file whose frames are used")
     args = p.parse_args(argv)
 
     if args.verify:
+        with np.load(args.verify) as f:
+            has_hessians = "H" in f.files
+        if has_hessians:
+            return 0 if verify_hessians(args.verify) else 1
         return 0 if verify(args.verify, accuracy=args.accuracy) else 1
+    if args.hessians:
+        if args.output == str(DEFAULT_OUT):
+            args.output = str(HESSIAN_OUT)
+        out = generate_hessians(args)
+        return 0 if args.no_verify or verify_hessians(out) else 1
     out = generate(args)
     if not args.no_verify:
         return 0 if verify(out, accuracy=args.accuracy) else 1
