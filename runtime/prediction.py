@@ -101,11 +101,29 @@ def predict_parts_tiled(model, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, part
 
 
 def predict_hessians_scheduled(model, R, z, DQ, JACQ, training):
-    """Hessians d2E/dx2 (Q, 3N, 3N) (compiler/build/hessian.py): the generated loops on the
-    threads threads_for gives, the matrix products on one BLAS thread (two thread pools spinning
-    against each other made one ethanol Hessian 20x slower on 2 cores)."""
-    with single_threaded_blas(), numba_threads(threads_for(DQ.shape[0])):
-        return predict_hessians(model, R, z, DQ, JACQ, training.DT, training.BT, training.WT, training.hyper)
+    """Hessians d2E/dx2 (Q, 3N, 3N) (compiler/build/hessian.py): chunks of geometries on the
+    chunk pool (threads_for decides whether there is more than one), each with the serial
+    generated loops and single-threaded BLAS (two thread pools spinning against each other made
+    one ethanol Hessian 20x slower on 2 cores)."""
+    q_count = DQ.shape[0]
+    threads = threads_for(q_count)
+    chunk = -(-q_count // threads)
+    n3 = 3 * R.shape[1]
+    H = np.empty((q_count, n3, n3))
+
+    def run(start):
+        rows = slice(start, start + chunk)
+        H[rows] = predict_hessians(model, R[rows], z, DQ[rows], JACQ[rows], training.DT, training.BT, training.WT,
+                                   training.hyper)
+
+    with single_threaded_blas():
+        if threads == 1:
+            run(0)
+        else:
+            pool, _ = _chunk_pool()
+            for task in [pool.submit(run, start) for start in range(0, q_count, chunk)]:
+                task.result()
+    return H
 
 
 def add_energy_weight_terms(model, DQ, JACQ, DT, WT, hyper, E, F):

@@ -489,15 +489,16 @@ def hessian_coefficients(prog: KernelProgram) -> list:
     columns = prog.structure.prediction_columns
     used = ir.free_variables([c for _, c in columns])
     reductions = {name: text for name, text in HESSIAN_REDUCTIONS.items() if name in used or name in "st"}
-    return [NJIT_PARALLEL, "def hessian_coefficients(d, DT, BT, WT, hyper, C):",
+    return [NJIT_NOGIL, "def hessian_coefficients(d, DT, BT, WT, hyper, C):",
             '    """Hessian prediction at one query descriptor d (F,): per permuted training point m',
             "    (DT, BT (MP, F), energy weights WT (MP,), zeros for a forces-only model) the",
             "    coefficients of the predicted energy's gradient and Hessian in d (the kernel structure's",
             "    prediction_gradient and prediction_hessian), one column each (METADATA hessian_columns):",
             *[f"        C[m, {k}]  {name}: {spell_term(c, STYLE)}" for k, (name, c) in enumerate(columns)],
-            '    with delta = d - DT[m], beta = BT[m], w = WT[m]."""',
+            "    with delta = d - DT[m], beta = BT[m], w = WT[m].  Serial: the caller runs geometries on",
+            '    several threads."""',
             "    n_features = d.shape[0]",
-            "    for m in prange(DT.shape[0]):",
+            "    for m in range(DT.shape[0]):",
             "        dp = DT[m]",
             *(["        beta = BT[m]"] if "beta" in "".join(reductions.values()) else []),
             *(["        w = WT[m]"] if "w" in used else []),
@@ -512,11 +513,11 @@ def hessian_coefficients(prog: KernelProgram) -> list:
 
 
 def project_rows(prog: KernelProgram) -> list:
-    return [NJIT_PARALLEL, "def project_rows(B, jac, atoms, X):",
+    return [NJIT_NOGIL, "def project_rows(B, jac, atoms, X):",
             '    """X[m] = J^T B[m]: descriptor-space rows B (M, F) to atom space (M, 3N) through one',
             '    geometry\'s sparse Jacobian jac (F, K, 3)."""',
             "    n_features, n_slots = atoms.shape",
-            "    for m in prange(B.shape[0]):",
+            "    for m in range(B.shape[0]):",
             "        row = X[m]",
             "        row[:] = 0.0",
             "        for f in range(n_features):",
