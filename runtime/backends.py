@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 
 from . import prediction
 from .assembly import assemble
+from .matvec import TrainingProduct
 from .solver import cholesky_solve_inplace
 from .trained import PermutedTraining
 
@@ -40,6 +40,10 @@ class Backend(Protocol):
     def predict(self, R, z, training: PermutedTraining):
         """Raw (E (Q,), F (Q, N, 3)): unscaled, no energy constant, for validated R."""
 
+    def training_product(self, D, JAC, fperms, hyper):
+        """An object whose matvec(V) and matvec_energy(V, w) are this backend's products for
+        (D, JAC, fperms, hyper), with what does not depend on V prepared once."""
+
     def matvec(self, D, JAC, fperms, hyper, V):
         """The matrix-free product C V of the training matrix with V (M, N, 3)."""
 
@@ -60,6 +64,7 @@ class CpuBackend:
     def __init__(self, model):
         self.model = model
         self._prepared = (None, None)  # (training, its PredictionSide)
+        self._product = None  # the last TrainingProduct matvec() used
 
     def evaluate(self, R, z):
         D, JAC, _ = self.model.descriptor.evaluate(R, z, validated=True)
@@ -72,7 +77,7 @@ class CpuBackend:
         return cholesky_solve_inplace(K, y, lam, progress=progress)
 
     def release(self):
-        pass  # the host matrix belongs to the caller
+        self._product = None  # the host matrix belongs to the caller; the product's plan is ours
 
     def contract(self, JAC, V):
         return self.model.contract(JAC, V)
@@ -96,41 +101,39 @@ class CpuBackend:
         D, JAC = self.evaluate(R, z)
         return prediction.predict_hessians_scheduled(self.model, R, z, D, JAC, training)
 
+    def training_product(self, D, JAC, fperms, hyper):
+        """The TrainingProduct of (D, JAC, fperms, hyper): CG builds it once per solve."""
+        return TrainingProduct(self.model, D, JAC, fperms, hyper)
+
     def matvec(self, D, JAC, fperms, hyper, V):
         """C V as the CUDA face computes it: contract V, permute, then the force half of
-        prediction with the training points as queries."""
-        _, F = self._training_products(D, JAC, fperms, hyper, V)
-        return F
+        prediction with the training points as queries (runtime/matvec.py)."""
+        return self._product_for(D, JAC, fperms, hyper).matvec(V)
 
     def matvec_energy(self, D, JAC, fperms, hyper, V, w):
         """[C V + K_fe w, K_ef V + K_ee w] from what prediction computes with the training points
         as queries: the energy predicted with coefficients V is K_ef V, and the energy-weight terms
         with weights w are K_fe w (forces) and K_ee w (energies)."""
-        E, F = self._training_products(D, JAC, fperms, hyper, V)
-        w = np.asarray(w, dtype=np.float64)
-        if w.shape != (D.shape[0],):
-            raise ValueError(f"w: expected {D.shape[0]} energy weights, got shape {w.shape}")
-        DT = _permuted(D, fperms)
-        prediction.add_energy_weight_terms(self.model, D, JAC, DT, np.repeat(w, len(fperms)), hyper, E,
-                                           F.reshape(D.shape[0], -1, 3))
-        return F, E
+        return self._product_for(D, JAC, fperms, hyper).matvec_energy(V, w)
 
-    def _training_products(self, D, JAC, fperms, hyper, V):
-        """(E (M,), F shaped like V): prediction at the training points with coefficients V."""
-        V = np.asarray(V, dtype=np.float64)
-        m = D.shape[0]
-        n_atoms = V.size // (3 * m) if m else 0
-        if V.size != 3 * n_atoms * m or n_atoms < 2:
-            raise ValueError(f"V: expected {m} x n_atoms x 3 entries, got shape {V.shape}")
-        B = self.contract(JAC, V.reshape(m, n_atoms, 3))
-        E, F = prediction.predict_parts(self.model, D, JAC, _permuted(D, fperms), _permuted(B, fperms), hyper,
-                                        n_atoms)
-        return E, F.reshape(V.shape)
+    def _product_for(self, D, JAC, fperms, hyper):
+        """The last TrainingProduct if it was built from these values, else a new one."""
+        if self._product is None or not self._product.prepared_for(D, JAC, fperms, hyper):
+            self._product = self.training_product(D, JAC, fperms, hyper)
+        return self._product
 
 
-def _permuted(X, fperms):
-    """(M * P, F): every row of X (M, F) under every feature permutation, as prediction reads them."""
-    return np.ascontiguousarray(X[:, fperms].reshape(-1, X.shape[1]))
+class UnpreparedProduct:
+    """The training_product of a backend without one: each product through backend.matvec."""
+
+    def __init__(self, backend, D, JAC, fperms, hyper):
+        self.backend, self.args = backend, (D, JAC, fperms, hyper)
+
+    def matvec(self, V):
+        return self.backend.matvec(*self.args, V)
+
+    def matvec_energy(self, V, w):
+        return self.backend.matvec_energy(*self.args, V, w)
 
 
 def make_backend(device, model, descriptor, kernel):

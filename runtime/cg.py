@@ -1,8 +1,8 @@
 """Matrix-free preconditioned conjugate gradients for the training system (K + lam I) alpha = y.
 
-K is never formed: its products come from the backend (``matvec``, and ``matvec_energy`` for
-the energy rows of a joint energy+force system), i.e. from prediction with the training
-points as queries.
+K is never formed: its products come from the backend's ``training_product`` (runtime/matvec.py
+on the CPU), prepared once per solve: ``matvec``, and ``matvec_energy`` for the energy rows of a
+joint energy+force system, i.e. prediction with the training points as queries.
 
 Rigid-body modes.  A descriptor invariant under translations and rotations has J n = 0 for the
 six rigid-body motions n of each training geometry, so these 6M directions are exact null
@@ -65,13 +65,14 @@ class TrainingOperator:
         self.m, self.n_atoms, self.lam, self.energy_rows = D.shape[0], n_atoms, float(lam), energy_rows
         self.n_force = 3 * n_atoms * self.m
         self.size = self.n_force + (self.m if energy_rows else 0)
+        self.plan = backend.training_product(D, JAC, fperms, hyper)  # prepared once for all iterations
 
     def product(self, x):
         """K x (without lam)."""
         V = x[:self.n_force].reshape(self.m, self.n_atoms, 3)
         if not self.energy_rows:
-            return self.backend.matvec(self.D, self.JAC, self.fperms, self.hyper, V).ravel()
-        F, E = self.backend.matvec_energy(self.D, self.JAC, self.fperms, self.hyper, V, x[self.n_force:])
+            return self.plan.matvec(V).ravel()
+        F, E = self.plan.matvec_energy(V, x[self.n_force:])
         return np.concatenate([F.ravel(), E])
 
     def __call__(self, x):

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from .backends import UnpreparedProduct
 from .packed import PackedMatrix, panel_starts
 from .progress import Progress, step
 from .solver import NotPositiveDefiniteError, cholesky_solve_inplace
@@ -185,6 +186,9 @@ class CudaBackend:
     def hessian(self, R, z, training):
         """Hessians on the host: the CUDA target has no Hessian kernels yet."""
         return self.cpu.hessian(R, z, training)
+
+    def training_product(self, D, JAC, fperms, hyper):
+        return UnpreparedProduct(self, D, JAC, fperms, hyper)
 
     def matvec(self, D, JAC, fperms, hyper, V):
         return self.model.matvec(D, JAC, fperms, hyper, V)

@@ -25,7 +25,7 @@ import numpy as np
 
 from compiler.build.compiled import numba_threads, threads_for
 
-from .backends import _permuted
+from .prediction import permuted_rows
 
 PRECONDITIONERS = ("rpcholesky", "nystrom", "none")
 DEFAULT_COLUMNS = 2000  # default rank: min(n_force, 2000) columns, rounded down to whole points
@@ -104,7 +104,7 @@ class TrainingColumns:
         F = np.zeros((len(queries), self.n_atoms, 3))
         with numba_threads(threads_for(len(queries))):  # small calls: a parallel region costs more
             self.model.predict_energy_weights(self.D[queries], self.JAC[queries],
-                                              _permuted(self.D[[point]], self.fperms), np.ones(len(self.fperms)),
+                                              permuted_rows(self.D[[point]], self.fperms), np.ones(len(self.fperms)),
                                               self.hyper, E, F)
         return E, F.reshape(len(queries), -1)
 

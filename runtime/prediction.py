@@ -46,22 +46,28 @@ def predict_parts_batched(model, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, ch
     products use every core without two thread pools competing.  A task is a chunk of
     queries."""
     side = checked_side(side, DT, BT)
-    Q = DQ.shape[0]
+    acc, E = descriptor_sums_chunked(*DQ.shape, lambda rows: _predict_chunk(model, DQ[rows], side, hyper), chunk)
+    F = np.empty((DQ.shape[0], n_atoms, 3))
+    model.forces_from_descriptor_gradients(JACQ, acc, F)
+    return E, F
+
+
+def descriptor_sums_chunked(Q, n_features, chunk_sums, chunk=64):
+    """(acc (Q, F), E (Q,)) from ``chunk_sums(rows)`` -> (acc[rows], E[rows]) run on the chunk
+    pool, one task per chunk of at most ``chunk`` rows, each with single-threaded BLAS."""
     pool, threads = _chunk_pool()
     chunk = max(1, min(chunk, -(-Q // threads)))
-    acc = np.empty((Q, DQ.shape[1]))
+    acc = np.empty((Q, n_features))
     E = np.empty(Q)
 
     def run(start):
         rows = slice(start, start + chunk)
-        acc[rows], E[rows] = _predict_chunk(model, DQ[rows], side, hyper)
+        acc[rows], E[rows] = chunk_sums(rows)
 
     with single_threaded_blas():
         for task in [pool.submit(run, start) for start in range(0, Q, chunk)]:
             task.result()
-    F = np.empty((Q, n_atoms, 3))
-    model.forces_from_descriptor_gradients(JACQ, acc, F)
-    return E, F
+    return acc, E
 
 
 def checked_side(side, DT, BT):
@@ -74,12 +80,28 @@ def checked_side(side, DT, BT):
 
 def _predict_chunk(model, DQ, side, hyper):
     """(descriptor-space force sums (q, F), energies (q,)) of queries DQ against one side."""
-    dq, NQ, QC = side.queries(DQ)
-    TD = np.matmul(dq, side.W.T, out=thread_scratch("TD", (len(dq), 2 * side.n_rows)))
+    return chunk_sums(model, *side.queries(DQ), side, hyper)
+
+
+def chunk_sums(model, dq, NQ, QC, side, hyper, T=None):
+    """_predict_chunk from the query side (dq, NQ, QC) = side.queries(DQ).  ``T``: dq DT^T, the
+    first half of TD, when the caller has it already (the training product's fixed half)."""
+    n = side.n_rows
+    TD = thread_scratch("TD", (len(dq), 2 * n))
+    if T is None:
+        np.matmul(dq, side.W.T, out=TD)
+    else:
+        TD[:, :n] = T
+        np.matmul(dq, side.W[n:].T, out=TD[:, n:])
     X = thread_scratch("X", TD.shape)
     SD, SP, E = np.empty(len(dq)), np.empty(len(dq)), np.empty(len(dq))
     model.predict_coefficients(dq, NQ, QC, TD, side, hyper, X, SD, SP, E)
     return X @ side.W + SD[:, None] * dq + SP[:, None] * side.centre, E
+
+
+def permuted_rows(X, fperms):
+    """(M * P, F): every row of X (M, F) under every feature permutation, as prediction reads them."""
+    return np.ascontiguousarray(X[:, fperms].reshape(-1, X.shape[1]))
 
 
 def predict_parts_tiled(model, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, parts=None):

@@ -7,6 +7,7 @@ import runtime
 from runtime import cg, model as model_module
 from runtime.assembly import assemble
 from runtime.cli import main
+from runtime.matvec import TrainingProduct
 from runtime.model import GDML, TrainingError
 from runtime.preconditioner import TrainingColumns, make_preconditioner
 from runtime.solver import NonFiniteMatrixError, NotPositiveDefiniteError
@@ -54,6 +55,102 @@ def test_matrix_free_product_equals_the_assembled_matrix(problem, energy_rows):
     for column in x.T:
         assert rel(op.product(column), K @ column) <= 1e-10
         assert rel(op(column), K @ column + 0.3 * column) <= 1e-10
+
+
+@pytest.mark.parametrize("precomputed_bytes", [0, 1 << 30])  # dq DT^T recomputed per product, or kept
+@pytest.mark.parametrize("energy_rows", [False, True])
+def test_prepared_product_equals_the_assembled_matrix(problem, energy_rows, precomputed_bytes):
+    gdml, D, JAC, fperms, hyper, R = problem
+    K = full_matrix(problem, energy_rows)
+    plan = TrainingProduct(gdml.model, D, JAC, fperms, hyper, precomputed_bytes=precomputed_bytes)
+    assert (plan.T is None) == (precomputed_bytes == 0)
+    m, n_force = len(D), K.shape[0] - (len(D) if energy_rows else 0)
+    for x in np.random.default_rng(4).normal(size=(3, len(K))):  # the same plan for several vectors
+        V = x[:n_force].reshape(m, -1, 3)
+        if energy_rows:
+            F, E = plan.matvec_energy(V, x[n_force:])
+            assert rel(np.concatenate([F.ravel(), E]), K @ x) <= 1e-12
+        else:
+            assert rel(plan.matvec(V), K @ x) <= 1e-12
+
+
+def _product_matrix(gdml, D, JAC, fperms, hyper, n_atoms):
+    K = assemble(gdml.model, D, JAC, fperms, hyper, n_atoms, progress=False)
+    return np.triu(K) + np.triu(K, 1).T
+
+
+def test_backend_products_follow_sigma_and_data_changes(problem):
+    """backend.matvec reuses its plan only for equal values: a new sigma, training data changed
+    in place, and new permutations each give the product of the new matrix, never the old one's."""
+    gdml, D, JAC, fperms, hyper, R = problem
+    n_atoms = R.shape[1]
+    V = np.random.default_rng(5).normal(size=(len(D), n_atoms, 3))
+    D, JAC = D.copy(), JAC.copy()
+    first = gdml.backend.matvec(D, JAC, fperms, hyper, V)
+    assert rel(first, _product_matrix(gdml, D, JAC, fperms, hyper, n_atoms) @ V.ravel()) <= 1e-12
+    other_sigma = gdml._kernel_hyper(2 * SIGMA)
+    assert rel(gdml.backend.matvec(D, JAC, fperms, other_sigma, V),
+               _product_matrix(gdml, D, JAC, fperms, other_sigma, n_atoms) @ V.ravel()) <= 1e-12
+    D *= 1.1  # the same arrays, other values
+    JAC *= 0.9
+    changed = gdml.backend.matvec(D, JAC, fperms, hyper, V)
+    assert rel(changed, first) > 1e-2
+    assert rel(changed, _product_matrix(gdml, D, JAC, fperms, hyper, n_atoms) @ V.ravel()) <= 1e-12
+    identity = fperms[:1]
+    assert rel(gdml.backend.matvec(D, JAC, identity, hyper, V),
+               _product_matrix(gdml, D, JAC, identity, hyper, n_atoms) @ V.ravel()) <= 1e-12
+
+
+def test_a_plan_answers_for_the_values_it_was_built_from(problem):
+    """The plan copies its inputs: changing the caller's arrays afterwards changes neither its
+    products nor what it says it was prepared for."""
+    gdml, D, JAC, fperms, hyper, R = problem
+    D2, JAC2 = D.copy(), JAC.copy()
+    plan = TrainingProduct(gdml.model, D2, JAC2, fperms, hyper)
+    assert plan.prepared_for(D, JAC, fperms, hyper)
+    assert not plan.prepared_for(D, JAC, fperms, gdml._kernel_hyper(2 * SIGMA))
+    assert not plan.prepared_for(D[:-1], JAC[:-1], fperms, hyper)
+    V = np.random.default_rng(6).normal(size=(len(D), R.shape[1], 3))
+    before = plan.matvec(V)
+    D2 += 1.0
+    JAC2 *= 2.0
+    assert not plan.prepared_for(D2, JAC2, fperms, hyper)
+    assert np.array_equal(plan.matvec(V), before)
+    assert rel(before, _product_matrix(gdml, D, JAC, fperms, hyper, R.shape[1]) @ V.ravel()) <= 1e-12
+
+
+def test_a_plan_refuses_vectors_of_another_problem(problem):
+    gdml, D, JAC, fperms, hyper, R = problem
+    plan = TrainingProduct(gdml.model, D, JAC, fperms, hyper)
+    with pytest.raises(ValueError, match=r"V: expected 8 x n_atoms x 3 entries, got shape \(7, 9, 3\)"):
+        plan.matvec(np.zeros((7, 9, 3)))
+    with pytest.raises(ValueError, match=r"w: expected 8 energy weights, got shape \(3,\)"):
+        plan.matvec_energy(np.zeros((8, 9, 3)), np.zeros(3))
+
+
+def test_a_backend_without_a_plan_multiplies_through_its_matvec(problem):
+    """The CUDA face's training_product (UnpreparedProduct) calls backend.matvec per product."""
+    from runtime.backends import UnpreparedProduct
+    gdml, D, JAC, fperms, hyper, R = problem
+    K = full_matrix(problem, energy_rows=True)
+    product = UnpreparedProduct(gdml.backend, D, JAC, fperms, hyper)
+    x = np.random.default_rng(8).normal(size=len(K))
+    V, w = x[:-len(D)].reshape(len(D), -1, 3), x[-len(D):]
+    F, E = product.matvec_energy(V, w)
+    assert rel(np.concatenate([F.ravel(), E]), K @ x) <= 1e-12
+    n_force = K.shape[0] - len(D)
+    assert rel(product.matvec(V), K[:n_force, :n_force] @ V.ravel()) <= 1e-12
+
+
+def test_training_operator_prepares_its_product_once(problem, monkeypatch):
+    gdml, D, JAC, fperms, hyper, R = problem
+    built = []
+    original = gdml.backend.training_product
+    monkeypatch.setattr(gdml.backend, "training_product", lambda *args: built.append(1) or original(*args))
+    op = cg.TrainingOperator(gdml.backend, D, JAC, fperms, hyper, R.shape[1], lam=0.3)
+    for x in np.random.default_rng(7).normal(size=(3, op.size)):
+        op(x)
+    assert len(built) == 1 and op.plan.prepared_for(D, JAC, fperms, hyper)
 
 
 @pytest.mark.parametrize("energy_rows", [False, True])
@@ -174,7 +271,7 @@ def test_non_convergence_is_a_clear_error(ds):
 
 def test_non_finite_products_name_sigma(ds, monkeypatch):
     gdml = GDML(sigma=SIGMA, progress=False, solver="cg", preconditioner="none")
-    monkeypatch.setattr(gdml.backend, "matvec", lambda D, JAC, fperms, hyper, V: np.full(np.shape(V), np.nan))
+    monkeypatch.setattr(TrainingProduct, "matvec", lambda self, V: np.full(np.shape(V), np.nan))
     with pytest.raises(TrainingError, match=r"sigma 2: conjugate gradients produced a non-finite value"):
         gdml.fit(ds.R[TRAIN], ds.F[TRAIN], ds.E[TRAIN], ds.z)
     with pytest.raises(NonFiniteMatrixError, match=r"non-finite .* with sigma 2"):
@@ -254,15 +351,21 @@ def uninterrupted(ds):
 
 
 def _interrupt_after(gdml, calls):
-    """Make the backend's product raise KeyboardInterrupt (as Ctrl-C) on call number ``calls``."""
-    original, count = gdml.backend.matvec, [0]
+    """Make the training product raise KeyboardInterrupt (as Ctrl-C) on call number ``calls``."""
+    original, count = gdml.backend.training_product, [0]
 
-    def product(*args):
-        count[0] += 1
-        if count[0] == calls:
-            raise KeyboardInterrupt
-        return original(*args)
-    gdml.backend.matvec = product
+    def training_product(*args):
+        plan = original(*args)
+        product = plan.matvec
+
+        def counted(V):
+            count[0] += 1
+            if count[0] == calls:
+                raise KeyboardInterrupt
+            return product(V)
+        plan.matvec = counted
+        return plan
+    gdml.backend.training_product = training_product
 
 
 @pytest.mark.parametrize("stop", ["iteration limit", "interrupt"])
