@@ -504,10 +504,7 @@ class GDML:
         state = self._state
         H = self.backend.hessian(R3, state.z, self._training)
         H *= state.label_scale
-        bad = ~np.isfinite(H).all(axis=(1, 2))
-        if bad.any():
-            raise NonFiniteResultError(f"the Hessian is not finite for frame {int(np.argmax(bad))} "
-                                       f"({int(bad.sum())} of {len(H)} frames)")
+        _check_finite_frames("Hessian", H)
         return H
 
     def _predict_checked(self, R3, batch=2000, progress=False):
@@ -525,7 +522,7 @@ class GDML:
         F *= state.label_scale
         if state.energy_constant is not None:
             E += state.energy_constant
-        _check_finite_prediction(E, F)
+        _check_finite_frames("prediction", E, F)
         return E, F
 
     def evaluate(self, R, F, E=None, validated=False):
@@ -586,14 +583,18 @@ for _name in ("z", "R_train", "perms", "alpha", "D_train", "B_train", "energy_we
 GDML.n_atoms = property(lambda self: self._required_state().n_atoms, doc="atoms of the trained molecule")
 
 
-def _check_finite_prediction(E, F):
+def _check_finite_frames(what, *arrays):
+    """NonFiniteResultError naming the first frame where any of ``arrays`` (frames first) has a
+    NaN or inf."""
     with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(E.sum() + F.sum()):
+        if np.isfinite(sum(a.sum() for a in arrays)):
             return  # the common case, in one cheap pass (one geometry's prediction is ~0.1 ms)
-    bad = ~np.isfinite(E) | ~np.isfinite(F).all(axis=(1, 2))
+    bad = np.zeros(len(arrays[0]), dtype=bool)
+    for a in arrays:
+        bad |= ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
     if bad.any():
-        raise NonFiniteResultError(f"the prediction is not finite for frame {int(np.argmax(bad))} "
-                                   f"({int(bad.sum())} of {len(E)} frames)")
+        raise NonFiniteResultError(f"the {what} is not finite for frame {int(np.argmax(bad))} "
+                                   f"({int(bad.sum())} of {len(bad)} frames)")
 
 
 def _rising(sweep, patience=2):

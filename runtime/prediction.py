@@ -55,19 +55,28 @@ def predict_parts_batched(model, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, ch
 def descriptor_sums_chunked(Q, n_features, chunk_sums, chunk=64):
     """(acc (Q, F), E (Q,)) from ``chunk_sums(rows)`` -> (acc[rows], E[rows]) run on the chunk
     pool, one task per chunk of at most ``chunk`` rows, each with single-threaded BLAS."""
-    pool, threads = _chunk_pool()
-    chunk = max(1, min(chunk, -(-Q // threads)))
+    _, threads = _chunk_pool()
     acc = np.empty((Q, n_features))
     E = np.empty(Q)
 
-    def run(start):
-        rows = slice(start, start + chunk)
+    def run(rows):
         acc[rows], E[rows] = chunk_sums(rows)
 
-    with single_threaded_blas():
-        for task in [pool.submit(run, start) for start in range(0, Q, chunk)]:
-            task.result()
+    on_chunk_pool(Q, max(1, min(chunk, -(-Q // threads))), run)
     return acc, E
+
+
+def on_chunk_pool(Q, chunk, work):
+    """``work(rows)`` for each slice of at most ``chunk`` of Q rows, on the chunk pool (a single
+    slice on this thread), with single-threaded BLAS."""
+    starts = range(0, Q, chunk)
+    with single_threaded_blas():
+        if len(starts) == 1:
+            work(slice(0, Q))
+            return
+        pool, _ = _chunk_pool()
+        for task in [pool.submit(work, slice(start, start + chunk)) for start in starts]:
+            task.result()
 
 
 def checked_side(side, DT, BT):
@@ -128,23 +137,14 @@ def predict_hessians_scheduled(model, R, z, DQ, JACQ, training):
     generated loops and single-threaded BLAS (two thread pools spinning against each other made
     one ethanol Hessian 20x slower on 2 cores)."""
     q_count = DQ.shape[0]
-    threads = threads_for(q_count)
-    chunk = -(-q_count // threads)
     n3 = 3 * R.shape[1]
     H = np.empty((q_count, n3, n3))
 
-    def run(start):
-        rows = slice(start, start + chunk)
+    def run(rows):
         H[rows] = predict_hessians(model, R[rows], z, DQ[rows], JACQ[rows], training.DT, training.BT, training.WT,
                                    training.hyper)
 
-    with single_threaded_blas():
-        if threads == 1:
-            run(0)
-        else:
-            pool, _ = _chunk_pool()
-            for task in [pool.submit(run, start) for start in range(0, q_count, chunk)]:
-                task.result()
+    on_chunk_pool(q_count, max(1, -(-q_count // threads_for(q_count))), run)
     return H
 
 

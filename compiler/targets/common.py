@@ -52,9 +52,10 @@ def site_curvature_lines(dir_: DescriptorIR, prog: DescriptorProgram, decorator:
     return lines
 
 
-def partials_tuple(prog: KernelProgram) -> str:
-    """The partials kernel_coefficients returns, as a tuple to return or unpack (`a, b` or `a,`)."""
-    names = prog.partials
+def partials_tuple(prog: KernelProgram, hessian: bool = False) -> str:
+    """The partials kernel_coefficients (``hessian``: kernel_coefficients_hessian) returns, as a
+    tuple to return or unpack (`a, b` or `a,`)."""
+    names = prog.hessian.partials if hessian else prog.partials
     return ", ".join(names) + ("," if len(names) == 1 else "")
 
 

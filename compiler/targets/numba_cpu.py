@@ -133,7 +133,7 @@ def kernel_source(kir: KernelIR, prog: KernelProgram) -> list:
                   f'    """The partials {", ".join(hessian.partials)} of g that Hessian prediction uses '
                   '(each by gdmlc AD of its simplified parent)."""', *unpack]
         lines += program_lines(hessian.coefficients, STYLE, hessian.partials)
-        lines += [f"    return {', '.join(hessian.partials)}{',' if len(hessian.partials) == 1 else ''}", "", ""]
+        lines += [f"    return {partials_tuple(prog, hessian=True)}", "", ""]
     return lines
 
 
@@ -506,8 +506,7 @@ def hessian_coefficients(prog: KernelProgram) -> list:
             "        for f in range(n_features):",
             "            diff = d[f] - dp[f]",
             *[f"            {name} += {text}" for name, text in reductions.items()],
-            f"        {', '.join(prog.hessian.partials)}{',' if len(prog.hessian.partials) == 1 else ''}"
-            " = kernel_coefficients_hessian(s, t, hyper)",
+            f"        {partials_tuple(prog, hessian=True)} = kernel_coefficients_hessian(s, t, hyper)",
             *[f"        C[m, {k}] = {spell_term(c, STYLE)}" for k, (_, c) in enumerate(columns)],
             "", ""]
 
