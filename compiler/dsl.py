@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.middle.index_spaces import DEFAULT_INDEX_SPACE, INDEX_SPACES, IndexSpace, neighbours, pairs  # noqa: F401
+from compiler.middle.index_spaces import (DEFAULT_INDEX_SPACE, INDEX_SPACES, IndexSpace, Layout,  # noqa: F401
+                                          neighbour_pairs, neighbours, pairs)
 
 from compiler.middle import primitives as _primitives
 
@@ -55,6 +56,7 @@ class DSLFunction:
     over: IndexSpace | None = None
     params: dict = field(default_factory=dict)
     default_sigmas: tuple | None = None
+    layout: Layout = Layout()      # element blocks and cutoff radius (descriptors)
 
     @property
     def stored(self):
@@ -82,18 +84,25 @@ class DSLFunction:
         return f"<gdmlc {self.kind} {self.name}>"
 
 
-def descriptor(fn=None, *, over=DEFAULT_INDEX_SPACE, params=None, sigmas=None):
+def descriptor(fn=None, *, over=DEFAULT_INDEX_SPACE, params=None, sigmas=None, elements=None, cutoff=None):
     """Mark ``fn`` as a descriptor over an index space.
 
     ``params`` maps parameter names to a number (the same for every feature)
     or a list (one feature channel per entry; all lists the same length).
     ``sigmas`` is an optional default grid of kernel length scales suited to
     this descriptor's feature scale.
+    ``elements`` (atomic numbers; atom-centred spaces) gives each site one block of features
+    per element of the neighbour (``neighbours``) or per unordered pair of the neighbours'
+    elements (``neighbour_pairs``): a term adds only to its own block.
+    ``cutoff`` (Å) promises the term and its gradient are exactly zero once a neighbour is
+    that far from the centre (checked when compiled), so the loops skip those terms.
     """
     def wrap(f):
         site = _definition_site(f)
-        return DSLFunction(f, "descriptor", _index_space(over, site), _checked_params(params, site),
-                           None if sigmas is None else _checked_sigmas(sigmas, site))
+        space = _index_space(over, site)
+        return DSLFunction(f, "descriptor", space, _checked_params(params, site),
+                           None if sigmas is None else _checked_sigmas(sigmas, site),
+                           checked_layout(space, elements, cutoff, lambda m, h: _decorator_error(site, m, h)))
 
     return wrap if fn is None else wrap(fn)
 
@@ -145,6 +154,23 @@ def _checked_params(params, site) -> dict:
     return dict(params)
 
 
+def checked_layout(space, elements, cutoff, error) -> Layout:
+    """The Layout for ``elements`` and ``cutoff`` as declared; ``error(message, hint)`` builds
+    the exception (the decorator's line, or the model file)."""
+    if elements is not None:
+        if not space.allows_elements:
+            raise error(f"elements= needs an atom-centred index space, not {space.name}",
+                        "use over='neighbours' or over='neighbour_pairs', or drop elements=")
+        values = list(elements) if isinstance(elements, (list, tuple, np.ndarray)) else [elements]
+        if not values or not all(_is_number(e) and float(e) == int(e) and 1 <= e <= 118 for e in values) \
+                or len(set(map(float, values))) != len(values):
+            raise error(f"elements={elements!r} must be distinct atomic numbers (1..118)", "e.g. elements=[1, 6, 7, 8]")
+        elements = tuple(float(e) for e in values)
+    if cutoff is not None and not (_is_number(cutoff) and float(cutoff) > 0):
+        raise error(f"cutoff={cutoff!r} must be a positive number (Å)", "e.g. cutoff=5.0")
+    return Layout(elements or (), None if cutoff is None else float(cutoff))
+
+
 def _checked_sigmas(sigmas, site) -> tuple:
     values = list(sigmas) if isinstance(sigmas, (list, tuple, np.ndarray)) else [sigmas]
     if not values or not all(_is_number(s) and float(s) > 0 for s in values):
@@ -180,5 +206,5 @@ def sqdist(a, b):
     return np.sum((np.asarray(a) - np.asarray(b)) ** 2, axis=-1)
 
 
-__all__ = ["descriptor", "kernel", "pairs", "neighbours", "pi", *MATH_NAMES, "norm", "dot", "sqdist",
+__all__ = ["descriptor", "kernel", "pairs", "neighbours", "neighbour_pairs", "pi", *MATH_NAMES, "norm", "dot", "sqdist",
            "DSLFunction", "StoredSource"]

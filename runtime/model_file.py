@@ -30,7 +30,7 @@ import numpy as np
 
 import compiler
 from compiler.atomic_io import atomic_writer
-from compiler.dsl import DEFAULT_INDEX_SPACE, INDEX_SPACES, DSLFunction, StoredSource
+from compiler.dsl import DEFAULT_INDEX_SPACE, INDEX_SPACES, DSLFunction, Layout, StoredSource, checked_layout
 from compiler.errors import CompileError, DSLError
 from compiler.front.parser import module_constants, parse_descriptor, parse_kernel
 
@@ -89,6 +89,7 @@ def _function_arrays(dsl: DSLFunction, kind: str) -> dict:
     meta = {"name": dsl.name, "kind": dsl.kind, "over": None if dsl.over is None else dsl.over.name,
             "params": {k: _plain_numbers(v) for k, v in dsl.params.items()},
             "default_sigmas": None if dsl.default_sigmas is None else [float(s) for s in dsl.default_sigmas],
+            "elements": list(dsl.layout.elements) or None, "cutoff": dsl.layout.cutoff,
             "constants": module_constants(dsl), "filename": dsl.filename, "first_line": _first_line(dsl)}
     source = _storable_source(dsl.source, kind, dsl.name)
     try:
@@ -159,7 +160,7 @@ def restore_function(kind: str, source, meta) -> DSLFunction:
         raise ModelFileError(f"the stored {kind} {name} has an invalid first line {first_line!r}")
     stored = StoredSource(name, source, _safe_text(str(meta.get("filename", f"<stored {kind}>"))),
                           first_line, constants)
-    dsl = DSLFunction(stored, kind, over, params, sigmas)
+    dsl = DSLFunction(stored, kind, over, params, sigmas, _layout(kind, name, over, meta))
     try:
         (parse_descriptor if kind == "descriptor" else parse_kernel)(dsl)
     except (DSLError, TypeError, ValueError) as exc:
@@ -246,6 +247,20 @@ def _params(kind, name, params) -> dict:
         else:
             out[key] = _finite(value, f"parameter {key} of {name}")
     return out
+
+
+def _layout(kind, name, over, meta) -> Layout:
+    elements, cutoff = meta.get("elements"), meta.get("cutoff")
+    if kind == "kernel":
+        if elements is not None or cutoff is not None:
+            raise ModelFileError(f"a stored kernel has no elements or cutoff, got {elements!r}, {cutoff!r}")
+        return Layout()
+    if elements is not None and not isinstance(elements, list):
+        raise ModelFileError(f"the stored elements of {name} must be a list, got {elements!r}")
+
+    def error(message, hint):
+        return ModelFileError(f"descriptor {name}: {message}")
+    return checked_layout(over, elements, cutoff, error)
 
 
 def _sigmas(kind, sigmas):
@@ -336,7 +351,8 @@ def _decorator_arguments(fdef, values) -> dict:
         return {}
     out = {}
     for kw in dec.keywords:
-        key = {"over": "over", "params": "params", "sigmas": "default_sigmas"}.get(kw.arg)
+        key = {"over": "over", "params": "params", "sigmas": "default_sigmas", "elements": "elements",
+               "cutoff": "cutoff"}.get(kw.arg)
         if key is None or not all(isinstance(n, _DATA_NODES) for n in ast.walk(kw.value)):
             raise ModelFileError(f"descriptor {fdef.name}: decorator argument {ast.unparse(kw)[:60]!r} is not "
                                  "literal data: retrain the model")
@@ -522,7 +538,8 @@ def _checked_arrays(stored) -> dict:
 def _check_features(arrays, descriptor):
     """D_train and B_train have as many features as the descriptor gives for these atoms (before compiling)."""
     lengths = [len(v) for v in descriptor.params.values() if isinstance(v, list)]
-    n_features = descriptor.over.n_features(len(arrays["z"]), lengths[0] if lengths else 1)
+    channels = (lengths[0] if lengths else 1) * descriptor.layout.n_blocks(descriptor.over)
+    n_features = descriptor.over.n_features(len(arrays["z"]), channels)
     for key in ("D_train", "B_train"):
         if arrays[key].shape[1] != n_features:
             raise ModelFileError(f"{key!r} has {arrays[key].shape[1]} features per geometry, but "

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from compiler.dsl import descriptor, dot, exp, kernel, norm, sqdist  # noqa: E402
+from compiler.dsl import descriptor, dot, exp, kernel, norm, sqdist, where  # noqa: E402
 from numeric import rel  # noqa: E402
 from runtime.prediction import predict_parts  # noqa: E402
 
@@ -27,6 +27,15 @@ from runtime.prediction import predict_parts  # noqa: E402
 def two_channel_density(ri, rj, eta):
     """A neighbour-summed descriptor with two channels (radial_g2 has 8: too slow here)."""
     return exp(-eta * norm(ri - rj))
+
+
+@descriptor(over="neighbour_pairs", params={"eta": [0.5, 1.0]}, elements=[1, 6, 8], cutoff=2.5)
+def angular_blocks(ri, rj, rk, eta):
+    """Three-body terms in element-pair blocks, skipped beyond the cutoff (some are, at these sizes)."""
+    rij = norm(rj - ri)
+    rik = norm(rk - ri)
+    cutoff = where(rij < 2.5, (1.0 - rij / 2.5) ** 2, 0.0) * where(rik < 2.5, (1.0 - rik / 2.5) ** 2, 0.0)
+    return dot(rj - ri, rk - ri) * exp(-eta * (rij + rik)) * cutoff
 
 
 @kernel
@@ -40,8 +49,9 @@ def gaussian_times_polynomial(d, dp, sigma):
 COMBINATIONS = [
     ("inverse_distances", "matern52", {"sigma": 1.3}),                    # g_s, g_ss
     ("coulomb_matrix", "polynomial", {"sigma": 3.0}),                     # z-dependent; g_t, g_tt
-    (two_channel_density, gaussian_times_polynomial, {"sigma": 1.1}),     # all five coefficients
-]
+    (angular_blocks, "matern52", {"sigma": 0.8}),                         # three-body, element blocks, cutoff
+    (two_channel_density, gaussian_times_polynomial, {"sigma": 1.1}),     # all five coefficients (last: its
+]                                                                         # generated file is inspected)
 Z = np.array([6, 8, 1, 1, 1])
 
 

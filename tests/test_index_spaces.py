@@ -13,7 +13,7 @@ import pytest
 
 import compiler
 from compiler.middle import index_spaces
-from compiler.dsl import descriptor, exp, neighbours, norm, pairs
+from compiler.dsl import descriptor, exp, neighbour_pairs, neighbours, norm, pairs
 from compiler.middle.index_spaces import INDEX_SPACES
 from compiler.library import resolve
 from compiler.front.parser import parse_descriptor
@@ -29,6 +29,9 @@ def brute_force_sites(space, n):
     if space is neighbours:
         return [((i, *[j for j in range(n) if j != i]), [(i, j) for j in range(n) if j != i])
                 for i in range(n)]
+    if space is neighbour_pairs:
+        return [((i, *[j for j in range(n) if j != i]),
+                 [(i, j, k) for j, k in combinations([a for a in range(n) if a != i], 2)]) for i in range(n)]
     raise AssertionError(f"no brute-force enumeration for {space}")
 
 
@@ -72,24 +75,27 @@ def test_feature_permutations_match_brute_force(space, n):
     assert fperms.shape == (len(perms), len(sites) * channels)
     for perm, fperm in zip(perms, fperms):
         for s, (_, terms) in enumerate(sites):
-            moved = sorted(tuple(int(perm[a]) for a in t) for t in terms)
+            # a term is its centre and its unordered neighbours (pairs: wholly unordered)
+            moved = sorted((t[0], *sorted(t[1:])) for t in (tuple(int(perm[a]) for a in t) for t in terms))
             for c in range(channels):
                 target, channel = divmod(int(fperm[s * channels + c]), channels)
                 assert channel == c
                 if space is pairs:  # a pair site is unordered
                     assert {frozenset(t) for t in sites[target][1]} == {frozenset(t) for t in moved}
                 else:
-                    assert sorted(sites[target][1]) == moved
+                    assert sorted((t[0], *sorted(t[1:])) for t in sites[target][1]) == moved
 
 
 def test_spaces_name_their_dsl_variables():
-    for space in INDEX_SPACES.values():
+    for space in (pairs, neighbours):
         assert space.atoms == ("i", "j") and space.position_args == ("ri", "rj")
         assert space.position_vars == ("ri_0", "ri_1", "ri_2", "rj_0", "rj_1", "rj_2")
         assert space.z_vars == ("zi", "zj")
         assert space.site_call("R[{atom}, {k}]") == (
             "site_term(R[i, 0], R[i, 1], R[i, 2], R[j, 0], R[j, 1], R[j, 2], z[i], z[j], params[c])")
-    assert (pairs.feature_formula, neighbours.feature_formula) == ("N(N-1)/2", "N")
+    assert neighbour_pairs.position_args == ("ri", "rj", "rk") and neighbour_pairs.z_vars == ("zi", "zj", "zk")
+    assert neighbour_pairs.position_vars[-3:] == ("rk_0", "rk_1", "rk_2")
+    assert (pairs.feature_formula, neighbours.feature_formula, neighbour_pairs.feature_formula) == ("N(N-1)/2", "N", "N")
 
 
 # --------------------------------------------------------------------------- registry
@@ -101,7 +107,7 @@ def test_registry_round_trip(name):
     assert index_spaces.index_space(name) is space
     assert pickle.loads(pickle.dumps(space)) is space
     for over in (name, space):  # the decorator takes a name or the space itself
-        assert descriptor(over=over)(lambda ri, rj: norm(ri - rj)).over is space
+        assert descriptor(over=over)(lambda ri, rj, rk: norm(ri - rj)).over is space
     from runtime.model_file import _index_space  # what a model file's "over" is read through
     assert _index_space("descriptor", name) is space
 

@@ -27,8 +27,10 @@ class CompiledDescriptor:
 
     name = property(lambda self: self.dsl.name)
     over = property(lambda self: self.ir.over)  # the IndexSpace; str() gives its name
-    n_channels = property(lambda self: self.params.shape[0])
-    needs_z = property(lambda self: bool(self.ir.z_args))
+    layout = property(lambda self: self.ir.layout)  # element blocks and cutoff, as declared
+    # features per site: parameter channels in each element block
+    n_channels = property(lambda self: self.params.shape[0] * self.layout.n_blocks(self.over))
+    needs_z = property(lambda self: bool(self.ir.z_args) or bool(self.ir.layout.elements))
     symmetric = property(lambda self: self.metadata["symmetric"])
 
     @property
@@ -52,9 +54,21 @@ class CompiledDescriptor:
     def _z(self, z, n_atoms):
         if z is None:
             if self.needs_z:
-                raise ValueError(f"descriptor {self.name} uses atomic numbers ({', '.join(self.ir.z_args)}): pass z")
+                uses = ", ".join(self.ir.z_args) or f"elements {self._element_list}"
+                raise ValueError(f"descriptor {self.name} uses atomic numbers ({uses}): pass z")
             return np.ones(n_atoms)
-        return checks.atomic_numbers(z, n_atoms)
+        z = checks.atomic_numbers(z, n_atoms)
+        if self.layout.elements:
+            unknown = np.flatnonzero(~np.isin(z, self.layout.elements))
+            if unknown.size:
+                a = int(unknown[0])
+                raise ValueError(f"atom {a} has atomic number {z[a]:g}, which descriptor {self.name} has no "
+                                 f"features for: its elements are {self._element_list}")
+        return z
+
+    @property
+    def _element_list(self):
+        return ", ".join(f"{e:g}" for e in self.layout.elements)
 
     def evaluate(self, R, z=None, validated=False):
         """(D (M, F), JAC (M, F, K, 3), single) for R (N, 3) or (M, N, 3).
@@ -101,7 +115,7 @@ class CompiledDescriptor:
         perms = checks.permutations(perms, n_atoms)
         nontrivial = (perms != np.arange(n_atoms)).any()
         if nontrivial and not self.maps_atom_permutations:
-            raise ValueError(f"descriptor {self.name} is not symmetric in its {self.over.atom_count}, so atom "
+            raise ValueError(f"descriptor {self.name} is not symmetric in {self.over.swapped_atoms}, so atom "
                              "permutations do not map to feature permutations; use it without symmetries")
         return self.over.feature_permutations(n_atoms, self.n_channels, perms)
 

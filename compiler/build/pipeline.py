@@ -25,7 +25,7 @@ from compiler.build import cache
 from compiler.dsl import DSLFunction
 from compiler.errors import DSLError
 from compiler.front.parser import module_constants, parse_descriptor, parse_kernel
-from compiler.front.records import DescriptorIR, KernelIR
+from compiler.front.records import DescriptorIR, KernelIR, user_var
 from compiler.library import resolve
 from compiler.middle.analysis import descriptor_program, kernel_program
 from compiler.targets.base import Plan, Target
@@ -104,11 +104,18 @@ def source_key(dsl: DSLFunction) -> tuple:
     numbers it reads, its index space and which arguments are parameters (not their values)."""
     constants = tuple(sorted(module_constants(dsl.fn).items()))
     return (dsl.kind, dsl.source, constants, None if dsl.over is None else dsl.over.name,
-            tuple(sorted(dsl.params)))
+            tuple(sorted(dsl.params)), dsl.layout)
 
 
 def params_table(dsl: DSLFunction, dir_: DescriptorIR) -> np.ndarray:
-    """(channels, n_params) table: lists give one channel each, numbers broadcast."""
+    """(channels, n_params) table: lists give one channel each, numbers broadcast; a declared
+    cutoff is checked against these values."""
+    table = _params_values(dsl, dir_)
+    _check_cutoff(dsl, dir_, table)
+    return table
+
+
+def _params_values(dsl: DSLFunction, dir_: DescriptorIR) -> np.ndarray:
     def error(message):  # the decorator line, where params were written
         return DSLError(f"descriptor {dsl.name}: {message}", dir_.source.filename,
                         dir_.source.first_line, 1, "give each parameter a finite number or a list of "
@@ -129,11 +136,27 @@ def params_table(dsl: DSLFunction, dir_: DescriptorIR) -> np.ndarray:
     return np.stack([np.broadcast_to(c, (channels,)) for c in columns], axis=1).copy()
 
 
+def _check_cutoff(dsl: DSLFunction, dir_: DescriptorIR, table: np.ndarray):
+    """A declared cutoff lets the loops skip terms: they must vanish there, gradients included,
+    for every channel's parameter values (the JAX reference skips nothing)."""
+    cutoff = dir_.layout.cutoff
+    if cutoff is None:
+        return
+    channels = [{user_var(p): row[k] for k, p in enumerate(dir_.param_names)} for row in table]
+    if not dir_.over.term_vanishes_beyond(dir_.body, cutoff, channels):
+        raise DSLError(f"descriptor {dsl.name}: cutoff={cutoff:g} is declared, but the term or its gradient "
+                       f"is not zero once a neighbour is {cutoff:g} Å or farther from the centre",
+                       dir_.source.filename, dir_.source.first_line, 1,
+                       "multiply the term by a cutoff function that is zero there, e.g. "
+                       "where(r < rc, 0.5 * (cos(pi * r / rc) + 1), 0.0), or drop cutoff=")
+
+
 # --------------------------------------------------------------------------- analyse, plan
 
 def descriptor_metadata(dir_, prog) -> dict:
     return {"descriptor": dir_.source.name, "descriptor_file": dir_.source.filename,
             "descriptor_line": dir_.source.first_line, "over": dir_.over.name,
+            "elements": list(dir_.layout.elements), "cutoff": dir_.layout.cutoff,
             "symmetric": prog.symmetric,
             "descriptor_ops": [prog.term.ops_before, prog.term.ops_after],
             "descriptor_notes": list(prog.term.notes)}

@@ -439,7 +439,7 @@ def parse_descriptor(dsl: DSLFunction) -> DescriptorIR:
         parser.error(fdef, f"params {sorted(unused)} are not arguments of {info.name}",
                      "add them to the signature or remove them from params")
     body, line = parser.run()
-    return DescriptorIR(info, dsl.over, tuple(z_args), tuple(param_names), body, line)
+    return DescriptorIR(info, dsl.over, tuple(z_args), tuple(param_names), body, line, dsl.layout)
 
 
 def parse_kernel(dsl: DSLFunction) -> KernelIR:

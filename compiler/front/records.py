@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compiler.middle import ir
-from compiler.dsl import IndexSpace, pairs
+from compiler.dsl import IndexSpace, Layout, pairs
 
 S, T = "s", "t"  # the kernel's reduction variables
 
@@ -35,6 +35,7 @@ class DescriptorIR:
     param_names: tuple  # in signature order
     body: ir.Expr       # in the space's variables (ri_0..ri_2, rj_0..rj_2, zi, zj) and params
     body_line: int      # line of the return statement
+    layout: Layout = Layout()  # element blocks and cutoff, as declared
 
 
 @dataclass

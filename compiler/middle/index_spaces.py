@@ -17,7 +17,9 @@ A new space (three-body, local cutoff) is one subclass registered in ``INDEX_SPA
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from itertools import combinations
 
 import numpy as np
 
@@ -26,6 +28,20 @@ from compiler.middle import ir
 ATOM_LETTERS = "ijklmn"   # atom a of a term is r{letter}: ri, rj, rk, ...
 GRADIENT_LETTERS = "abcdef"  # site_term's gradient outputs for atom a: a0 a1 a2, b0 b1 b2, ...
 _NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a descriptor declares beyond its index space (``@descriptor(elements=..., cutoff=...)``)."""
+    elements: tuple = ()          # atomic numbers as floats; (): no element blocks
+    cutoff: float | None = None   # terms with a gated distance (IndexSpace.cutoff_pairs) >= cutoff are skipped
+
+    def n_blocks(self, space) -> int:
+        """Feature blocks per site: one per element (pair) of the term's neighbours, or 1."""
+        return space.n_blocks(len(self.elements))
+
+
+NO_LAYOUT = Layout()
 
 
 class IndexSpace:
@@ -64,6 +80,13 @@ class IndexSpace:
     def z_vars(self) -> tuple:
         """The atomic-number variables: ('zi', 'zj')."""
         return tuple(f"z{a}" for a in self.atoms)
+
+    @property
+    def swapped_atoms(self) -> str:
+        """'its two atoms', 'rj and rk': what the term must be symmetric in, for messages."""
+        if self.term_swaps == (("i", "j"),) and self.arity == 2:
+            return f"its {self.atom_count}"
+        return "; ".join(f"r{a} and r{b}" for a, b in self.term_swaps)
 
     @property
     def atom_count(self) -> str:
@@ -133,6 +156,55 @@ class IndexSpace:
         rename.update({v: k for k, v in rename.items()})
         return rename
 
+    # ---------------------------------------------------------------- element blocks and cutoff
+
+    allows_elements = False        # element blocks need an atom-centred space
+    cutoff_pairs = (("i", "j"),)   # atom pairs whose distance the declared cutoff gates
+
+    def n_blocks(self, n_elements: int) -> int:
+        """Feature blocks per site for ``n_elements`` declared elements (1: no element blocks)."""
+        return 1
+
+    def block_code(self, layout) -> str:
+        """Generated expression: the element block of the term over the loop's atoms."""
+        return "0"
+
+    def jax_block_weights(self, z_atoms, layout):
+        """(sites, terms, blocks) 0/1 weights of each term's block, from each term atom's
+        atomic numbers (sites, terms): the JAX reference's element blocks."""
+        raise NotImplementedError
+
+    def beyond_cutoff_code(self, layout, position: str, atoms=None) -> str:
+        """Generated condition: a term over the loop's atoms lies beyond the cutoff ('' if none)."""
+        if layout.cutoff is None:
+            return ""
+
+        def squared_distance(a, b):
+            return " + ".join(f"({position.format(atom=a, k=k)} - {position.format(atom=b, k=k)}) ** 2"
+                              for k in range(3))
+        return " or ".join(f"{squared_distance(a, b)} >= CUTOFF_SQ" for a, b in (atoms or self.cutoff_pairs))
+
+    def term_vanishes_beyond(self, body: ir.Expr, cutoff: float, parameter_env: dict, trials=64) -> bool:
+        """Numerically: are the term and its gradient exactly zero whenever a distance in
+        ``cutoff_pairs`` is at least ``cutoff`` (what lets the loops skip those terms)?"""
+        from compiler.middle import ad  # analysis-level tool; index spaces are imported by ad's users
+        grads = ad.grad(body, self.position_vars)
+        rng = np.random.default_rng(1)
+        for a, b in self.cutoff_pairs:
+            env = {name: rng.uniform(-0.4, 0.4, trials) * cutoff for name in self.position_vars}
+            direction = rng.normal(size=(3, trials))
+            direction /= np.linalg.norm(direction, axis=0)
+            distance = cutoff * rng.uniform(1.0, 2.0, trials)
+            distance[0] = cutoff  # exactly at the cutoff too
+            for k, (pa, pb) in enumerate(zip(self.position_names(a), self.position_names(b))):
+                env[pb] = env[pa] + distance * direction[k]
+            env.update({name: rng.choice([1.0, 6.0, 8.0], trials) for name in self.z_vars})
+            for channel in parameter_env:
+                values = ir.evaluate([body, *grads], {**env, **channel})
+                if any(np.any(np.broadcast_to(v, (trials,)) != 0.0) for v in values):
+                    return False
+        return True
+
     # ---------------------------------------------------------------- code generation
 
     def site_call(self, position: str) -> str:
@@ -154,23 +226,19 @@ class IndexSpace:
         """descriptor_one's docstring lines (CPU)."""
         raise NotImplementedError
 
-    def numba_loop(self, call: str) -> list:
-        """descriptor_one's loop (CPU), given n, f = 0, R, z, params, d (F,), jac (F, K, 3)."""
+    def numba_loop(self, call: str, layout) -> list:
+        """descriptor_one's loop (CPU), given n, R, z, params and d (F,), jac (F, K, 3) zeroed."""
         raise NotImplementedError
 
-    def cuda_site(self, call: str) -> list:
-        """descriptor_many's body for thread (m, f) (CUDA), given c and i = atoms[f, 0]."""
+    def cuda_site(self, call: str, layout) -> list:
+        """descriptor_many's body for thread (m, f) (CUDA), given c, its block b, i = atoms[f, 0]
+        and the feature's row of D and JAC zeroed."""
         raise NotImplementedError
 
     def jax_sites(self, n: int):
         """(index arrays per atom, each (sites, terms per site, 1)) for the JAX gather."""
         table = self.term_atoms(n)
         return tuple(table[:, :, a, None] for a in range(self.arity))
-
-    @staticmethod
-    def jax_reduce(values):
-        """(sites, terms per site, channels) term values -> (sites, channels) features."""
-        return values.sum(axis=1)
 
     # ---------------------------------------------------------------- identity
 
@@ -181,9 +249,14 @@ class IndexSpace:
         return index_space, (self.name,)
 
 
-def _jac_stores(target: str, slot, values, indent: str) -> list:
+def _jac_stores(target: str, slot, values, indent: str, op: str = "=") -> list:
     """`target, slot, k] = values[k]` for k = 0, 1, 2: one 3-block of a sparse Jacobian row."""
-    return [f"{indent}{target}, {slot}, {k}] = {v}" for k, v in enumerate(values)]
+    return [f"{indent}{target}, {slot}, {k}] {op} {v}" for k, v in enumerate(values)]
+
+
+def _skipped_if(condition: str, indent: str, skip=("continue",)) -> list:
+    """`if condition: skip` when there is a condition (cutoff, element block), else nothing."""
+    return [f"{indent}if {condition}:", *(f"{indent}    {line}" for line in skip)] if condition else []
 
 
 class Pairs(IndexSpace):
@@ -216,10 +289,14 @@ class Pairs(IndexSpace):
         return ['    """Features d (F,) and sparse Jacobian jac (F, 2, 3) of one geometry R (N, 3);',
                 '    feature (pair i<j, channel c) touches atoms i (slot 0) and j (slot 1)."""']
 
-    def numba_loop(self, call):
+    def numba_loop(self, call, layout):
         indent = " " * 16
-        return ["    for i in range(n):",
+        # beyond the cutoff a pair's features and Jacobian rows stay zero
+        return ["    f = 0",
+                "    for i in range(n):",
                 "        for j in range(i + 1, n):",
+                *_skipped_if(self.beyond_cutoff_code(layout, "R[{atom}, {k}]"), " " * 12,
+                          ("f += params.shape[0]", "continue")),
                 "            for c in range(params.shape[0]):",
                 f"{indent}{self.term_outputs} = {call}",
                 f"{indent}d[f] = v",
@@ -227,22 +304,29 @@ class Pairs(IndexSpace):
                 *_jac_stores("jac[f", 1, self.gradient_names(1), indent),
                 f"{indent}f += 1"]
 
-    def cuda_site(self, call):
+    def cuda_site(self, call, layout):
         indent = " " * 4
         return ["    j = atoms[f, 1]",
+                *_skipped_if(self.beyond_cutoff_code(layout, "R[m, {atom}, {k}]"), indent, ("return",)),
                 f"{indent}{self.term_outputs} = {call}",
                 f"{indent}D[m, f] = v",
                 *_jac_stores("JAC[m, f", 0, self.gradient_names(0), indent),
                 *_jac_stores("JAC[m, f", 1, self.gradient_names(1), indent)]
 
 
-class Neighbours(IndexSpace):
-    """``neighbours``: one feature per atom i (per channel), the term summed over every other
-    atom j (atom-centred descriptors such as Behler's G2); any term maps permutations."""
+class AtomCentred(IndexSpace):
+    """One feature per atom i (per element block and channel), the term summed over the other
+    atoms of each term (neighbours j, or neighbour pairs j < k).  Feature f of atom i touches
+    i (slot 0) and every other atom (slots 1.., in atom order: atom j sits in slot j + 1 if
+    j < i, else j); with ``elements`` declared, a term adds to the block of its neighbours'
+    elements only."""
 
-    name = "neighbours"
     feature_formula = "N"
-    needs_symmetric_term = False  # the sum over j is the same whatever order the atoms come in
+    allows_elements = True
+
+    @property
+    def neighbour_atoms(self) -> tuple:
+        return self.atoms[1:]
 
     def n_sites(self, n):
         return n
@@ -255,48 +339,111 @@ class Neighbours(IndexSpace):
 
     def term_atoms(self, n):
         table = self.site_atoms(n)
-        return np.stack([np.repeat(table[:, :1], n - 1, axis=1), table[:, 1:]], axis=2)
+        others = [np.array(list(combinations(row[1:], self.arity - 1))).reshape(-1, self.arity - 1)
+                  for row in table]
+        return np.stack([np.concatenate([np.full((len(o), 1), row[0]), o], axis=1)
+                         for row, o in zip(table, others)])
 
     def site_permutation(self, n, perm):
         return perm
 
+    def numba_loop(self, call, layout):
+        lines = ["    channels = params.shape[0]",
+                 "    for i in range(n):",
+                 "        site = i * N_BLOCKS * channels" if layout.elements else "        site = i * channels"]
+        indent, previous = " " * 8, None
+        for a in self.neighbour_atoms:  # one loop per neighbour atom, increasing: j < k
+            start = "" if previous is None else f"{previous} + 1, "
+            lines += [f"{indent}for {a} in range({start}n):",
+                      f"{indent}    if {a} == i:",
+                      f"{indent}        continue",
+                      *_skipped_if(self.beyond_cutoff_code(layout, "R[{atom}, {k}]", [("i", a)]), indent + "    "),
+                      f"{indent}    s{a} = {a} + 1 if {a} < i else {a}  # its Jacobian slot"]
+            indent, previous = indent + "    ", a
+        block = f" + ({self.block_code(layout)}) * channels" if layout.elements else ""
+        lines += [f"{indent}first = site{block}",
+                  f"{indent}for c in range(channels):",
+                  f"{indent}    f = first + c",
+                  f"{indent}    {self.term_outputs} = {call}",
+                  f"{indent}    d[f] += v",
+                  *_jac_stores("jac[f", 0, self.gradient_names(0), indent + "    ", "+=")]
+        for n, a in enumerate(self.neighbour_atoms, start=1):
+            lines += _jac_stores("jac[f", f"s{a}", self.gradient_names(n), indent + "    ", "+=")
+        return lines
+
+    def cuda_site(self, call, layout):
+        lines = ["    # the term summed over the feature's neighbour atoms (slots 1.. of the atom table)",
+                 "    total = 0.0"]
+        indent, previous = " " * 4, None
+        for a in self.neighbour_atoms:
+            start = "1" if previous is None else f"s{previous} + 1"
+            lines += [f"{indent}for s{a} in range({start}, atoms.shape[1]):",
+                      f"{indent}    {a} = atoms[f, s{a}]",
+                      *_skipped_if(self.beyond_cutoff_code(layout, "R[m, {atom}, {k}]", [("i", a)]), indent + "    ")]
+            indent, previous = indent + "    ", a
+        if layout.elements:
+            lines += _skipped_if(f"{self.block_code(layout)} != b", indent)
+        lines += [f"{indent}{self.term_outputs} = {call}",
+                  f"{indent}total += v",
+                  *_jac_stores("JAC[m, f", 0, self.gradient_names(0), indent, "+=")]
+        for n, a in enumerate(self.neighbour_atoms, start=1):
+            lines += _jac_stores("JAC[m, f", f"s{a}", self.gradient_names(n), indent, "+=")
+        return lines + ["    D[m, f] = total"]
+
+
+class Neighbours(AtomCentred):
+    """``neighbours``: one feature per atom i (per channel), the term summed over every other
+    atom j (atom-centred radial descriptors such as Behler's G2); any term maps permutations.
+    With ``elements``, one block per element of j."""
+
+    name = "neighbours"
+    needs_symmetric_term = False  # the sum over j is the same whatever order the atoms come in
+
+    def n_blocks(self, n_elements):
+        return max(n_elements, 1)
+
+    def block_code(self, layout):
+        return "element_block(z[j])" if layout.elements else "0"
+
+    def jax_block_weights(self, z_atoms, layout):
+        _, zj = z_atoms
+        return zj[..., None] == np.asarray(layout.elements, dtype=np.float64)
+
     def numba_docstring(self):
         return ['    """Features d (F,) and sparse Jacobian jac (F, N, 3) of one geometry R (N, 3);',
-                '    feature (atom i, channel c) sums the term over neighbours j != i and touches',
+                '    feature (atom i, block, channel c) sums the term over neighbours j != i and touches',
                 '    atom i (slot 0) and every neighbour j (slots 1.., in atom order)."""']
 
-    def numba_loop(self, call):
-        inner = " " * 16
-        return ["    for i in range(n):",
-                "        for c in range(params.shape[0]):",
-                "            total = 0.0",
-                "            gi0 = 0.0", "            gi1 = 0.0", "            gi2 = 0.0",
-                "            slot = 1",
-                "            for j in range(n):",
-                "                if j == i:",
-                "                    continue",
-                f"{inner}{self.term_outputs} = {call}",
-                f"{inner}total += v",
-                "                gi0 += a0", "                gi1 += a1", "                gi2 += a2",
-                *_jac_stores("jac[f", "slot", self.gradient_names(1), inner),
-                f"{inner}slot += 1",
-                "            d[f] = total",
-                *_jac_stores("jac[f", 0, ("gi0", "gi1", "gi2"), " " * 12),
-                "            f += 1"]
 
-    def cuda_site(self, call):
-        inner = " " * 8
-        return ["    # the term summed over neighbours j (slots 1.. of the atom table)",
-                "    total = 0.0",
-                "    gi0 = 0.0", "    gi1 = 0.0", "    gi2 = 0.0",
-                "    for slot in range(1, atoms.shape[1]):",
-                "        j = atoms[f, slot]",
-                f"{inner}{self.term_outputs} = {call}",
-                f"{inner}total += v",
-                "        gi0 += a0", "        gi1 += a1", "        gi2 += a2",
-                *_jac_stores("JAC[m, f", "slot", self.gradient_names(1), inner),
-                "    D[m, f] = total",
-                *_jac_stores("JAC[m, f", 0, ("gi0", "gi1", "gi2"), " " * 4)]
+class NeighbourPairs(AtomCentred):
+    """``neighbour_pairs``: one feature per atom i (per channel), the term summed over every
+    pair of other atoms j < k (angular, three-body terms such as Behler's G4 or FCHL19's).
+    The term must be symmetric in j and k for atom permutations to map to features.  With
+    ``elements``, one block per unordered pair of the neighbours' elements."""
+
+    name = "neighbour_pairs"
+    arity = 3
+    term_swaps = (("j", "k"),)
+    cutoff_pairs = (("i", "j"), ("i", "k"))
+
+    def n_blocks(self, n_elements):
+        return max(n_elements * (n_elements + 1) // 2, 1)
+
+    def block_code(self, layout):
+        return "pair_block(element_block(z[j]), element_block(z[k]))" if layout.elements else "0"
+
+    def jax_block_weights(self, z_atoms, layout):
+        _, zj, zk = z_atoms
+        e = np.asarray(layout.elements, dtype=np.float64)
+        first, second = np.triu_indices(len(e))  # pair_block's order: (0, 0), (0, 1), ..., (E-1, E-1)
+        a, b = e[first], e[second]
+        zj, zk = zj[..., None], zk[..., None]
+        return ((zj == a) & (zk == b)) | ((zj == b) & (zk == a))
+
+    def numba_docstring(self):
+        return ['    """Features d (F,) and sparse Jacobian jac (F, N, 3) of one geometry R (N, 3);',
+                '    feature (atom i, block, channel c) sums the term over neighbour pairs j < k (both',
+                '    != i) and touches atom i (slot 0) and every other atom (slots 1.., in atom order)."""']
 
 
 @lru_cache(maxsize=64)
@@ -313,8 +460,8 @@ def _term_table(space: IndexSpace, n: int) -> np.ndarray:
     return table
 
 
-pairs, neighbours = Pairs(), Neighbours()
-INDEX_SPACES = {space.name: space for space in (pairs, neighbours)}  # name -> space: DSL and model files
+pairs, neighbours, neighbour_pairs = Pairs(), Neighbours(), NeighbourPairs()
+INDEX_SPACES = {space.name: space for space in (pairs, neighbours, neighbour_pairs)}  # name -> space: DSL and model files
 DEFAULT_INDEX_SPACE = pairs  # @descriptor's default `over`
 
 

@@ -37,6 +37,34 @@ def site_term_lines(dir_: DescriptorIR, prog: DescriptorProgram, decorator: str,
     return lines
 
 
+def layout_lines(dir_: DescriptorIR, decorator: str) -> list:
+    """The constants and helpers the space's loops read for a declared layout: ELEMENTS,
+    element_block and pair_block (element blocks), CUTOFF_SQ (cutoff)."""
+    layout, space = dir_.layout, dir_.over
+    lines = []
+    if layout.elements:
+        n = len(layout.elements)
+        lines += [f"ELEMENTS = {tuple(layout.elements)!r}  # @descriptor(elements=...): one block of features "
+                  "per element (pair)",
+                  f"N_BLOCKS = {layout.n_blocks(space)}", "", "",
+                  decorator, "def element_block(z):",
+                  '    """The index of atomic number z in ELEMENTS (the runtime checks every atom is there)."""',
+                  "    for b in range(len(ELEMENTS)):",
+                  "        if z == ELEMENTS[b]:",
+                  "            return b",
+                  "    return 0", "", ""]
+        if "pair_block" in space.block_code(layout):
+            lines += [decorator, "def pair_block(a, b):",
+                      f'    """The block of the unordered element pair (a, b): (0, 0), (0, 1), ..., ({n - 1}, {n - 1})."""',
+                      "    lo = min(a, b)",
+                      "    hi = max(a, b)",
+                      f"    return lo * {n} - lo * (lo - 1) // 2 + hi - lo", "", ""]
+    if layout.cutoff is not None:
+        lines += [f"CUTOFF_SQ = {layout.cutoff ** 2!r}  # @descriptor(cutoff={layout.cutoff!r}): terms with a "
+                  "neighbour this far (squared) contribute nothing", "", ""]
+    return lines
+
+
 def site_curvature_lines(dir_: DescriptorIR, prog: DescriptorProgram, decorator: str, style: str) -> list:
     """site_curvature: the second derivatives of one feature term in its position variables
     (upper triangle, h_p_q for p <= q), for Hessian prediction."""

@@ -68,8 +68,13 @@ def descriptor_function(dir_: DescriptorIR, params_table: np.ndarray):
             gathered[z_name] = zf[index]
         params = {user_var(p): table[:, k] for k, p in enumerate(dir_.param_names)}
         values = term(**gathered, **params)
-        values = jnp.broadcast_to(values, atoms[0].shape[:-1] + (table.shape[0],))
-        return space.jax_reduce(values).reshape(-1)
+        values = jnp.broadcast_to(values, atoms[0].shape[:-1] + (table.shape[0],))  # (sites, terms, channels)
+        if not dir_.layout.elements:
+            return values.sum(axis=1).reshape(-1)
+        # element blocks: each term counts in the block of its atoms' elements (cutoffs are not
+        # applied here: the term itself vanishes beyond them, which is what the Numba loops rely on)
+        weights = space.jax_block_weights(tuple(zf[index[..., 0]] for index in atoms), dir_.layout)
+        return jnp.einsum("stb,stc->sbc", weights.astype(jnp.float64), values).reshape(-1)
 
     descriptor.source = source
     return descriptor

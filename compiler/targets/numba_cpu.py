@@ -14,7 +14,7 @@ from compiler.middle import ir
 from compiler.middle.analysis import DescriptorProgram, KernelProgram
 from compiler.middle.structure import Vector, component
 from compiler.targets.base import ModuleTarget, Plan
-from compiler.targets.common import (H_BETA_NAMES, describe_terms, h_beta_spelled, partials_tuple,
+from compiler.targets.common import (H_BETA_NAMES, describe_terms, h_beta_spelled, layout_lines, partials_tuple,
                                      quote_source, rank_one_terms, site_curvature_lines, site_term_lines,
                                      unpack_lines)
 from compiler.targets.spelling import program_lines, spell_term
@@ -62,12 +62,13 @@ def module_text(title: str, parts: list, metadata: dict) -> str:
 
 def descriptor_source(dir_: DescriptorIR, prog: DescriptorProgram) -> list:
     space = dir_.over
-    lines = site_term_lines(dir_, prog, NJIT, STYLE)
+    lines = site_term_lines(dir_, prog, NJIT, STYLE) + layout_lines(dir_, NJIT)
     # the space writes the loop over its sites around the site_term call
     lines += [NJIT, "def descriptor_one(R, z, params, d, jac):", *space.numba_docstring(),
               "    n = R.shape[0]",
-              "    f = 0",
-              *space.numba_loop(space.site_call("R[{atom}, {k}]")), "", ""]
+              "    d[:] = 0.0",
+              "    jac[:] = 0.0",
+              *space.numba_loop(space.site_call("R[{atom}, {k}]"), dir_.layout), "", ""]
     lines += [NJIT_PARALLEL, "def descriptor_many(R, z, params, D, JAC):",
               '    """descriptor_one for every geometry of R (M, N, 3), in parallel."""',
               "    for m in prange(R.shape[0]):",
@@ -85,16 +86,22 @@ def add_descriptor_curvature(dir_: DescriptorIR, prog: DescriptorProgram) -> lis
     call = space.site_call("R[{atom}, {k}]").replace("site_term(", "site_curvature(")
     outputs = [f"h_{p}_{q}" for p, q in prog.curvature_pairs(len(coordinate))]
     indent = " " * 16
+    layout = dir_.layout
+    beyond = space.beyond_cutoff_code(layout, "R[{atom}, {k}]")
+    block = f" + ({space.block_code(layout)}) * channels" if layout.elements else ""
     lines = [NJIT, "def add_descriptor_curvature(R, z, params, terms, W, H):",
              '    """H (3N, 3N) += sum_f W[f] d2 D_f / dx2 for one geometry R (N, 3): W (F,) weights',
-             "    per feature (f = site * channels + c), terms (sites, terms per site, arity) the atoms",
-             '    of every term summed into a site (IndexSpace.term_atoms)."""',
-             "    n_channels = params.shape[0]",
+             "    per feature (f = (site * blocks + block) * channels + c), terms (sites, terms per site,",
+             '    arity) the atoms of every term summed into a site (IndexSpace.term_atoms)."""',
+             "    channels = params.shape[0]",
+             f"    stride = {layout.n_blocks(space)} * channels",
              "    for site in range(terms.shape[0]):",
              "        for term in range(terms.shape[1]):",
              *[f"            {a} = terms[site, term, {n}]" for n, a in enumerate(space.atoms)],
-             "            for c in range(n_channels):",
-             "                w = W[site * n_channels + c]",
+             *([f"            if {beyond}:", "                continue"] if beyond else []),
+             f"            first = site * stride{block}",
+             "            for c in range(channels):",
+             "                w = W[first + c]",
              "                if w == 0.0:",
              "                    continue",
              f"{indent}{', '.join(outputs)} = {call}"]

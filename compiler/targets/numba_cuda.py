@@ -17,8 +17,8 @@ from __future__ import annotations
 from compiler.front.records import DescriptorIR, KernelIR
 from compiler.middle.analysis import DescriptorProgram, KernelProgram
 from compiler.targets.base import ModuleTarget, Plan
-from compiler.targets.common import (describe_terms, h_beta_spelled, partials_tuple, quote_source, rank_one_terms,
-                                     site_term_lines, unpack_lines)
+from compiler.targets.common import (describe_terms, h_beta_spelled, layout_lines, partials_tuple, quote_source,
+                                     rank_one_terms, site_term_lines, unpack_lines)
 from compiler.targets.spelling import program_lines, spell_term
 
 DEVICE = "@cuda.jit(device=True)"
@@ -30,7 +30,7 @@ STYLE = "cuda"  # the primitive table's column for device code
 def device_functions(dir_: DescriptorIR, dprog: DescriptorProgram, kir: KernelIR,
                      kprog: KernelProgram) -> list:
     """site_term and kernel_coefficients as CUDA device functions."""
-    lines = site_term_lines(dir_, dprog, DEVICE, STYLE)
+    lines = site_term_lines(dir_, dprog, DEVICE, STYLE) + layout_lines(dir_, DEVICE)
     lines += [*quote_source(kir.source)]
     lines += [f"# at s = 0: {note}" for note in kprog.guards]
     lines += [DEVICE, "def kernel_coefficients(s, t, hyper):",
@@ -48,14 +48,20 @@ def descriptor_kernel(dir_: DescriptorIR) -> list:
     lines = [KERNEL, "def descriptor_many(R, z, params, atoms, D, JAC):",
              '    """Features D (M, F) and sparse Jacobians JAC (M, F, K, 3) of geometries R (M, N, 3).',
              "    Thread (m, f) owns feature f of geometry m; the atom table atoms (F, K) names the",
-             '    atoms of feature f (channel c = f % channels), in the CPU module\'s order."""',
+             "    atoms of feature f (channel c = f % channels, element block b = f // channels % blocks),",
+             '    in the CPU module\'s order."""',
              "    m, f = cuda.grid(2)",
              "    if m >= R.shape[0] or f >= atoms.shape[0]:",
              "        return",
              "    c = f % params.shape[0]",
-             "    i = atoms[f, 0]"]
+             *(["    b = f // params.shape[0] % N_BLOCKS"] if dir_.layout.elements else []),
+             "    i = atoms[f, 0]",
+             "    D[m, f] = 0.0",
+             "    for slot in range(atoms.shape[1]):",
+             "        for k in range(3):",
+             "            JAC[m, f, slot, k] = 0.0"]
     # the space reads its other atoms from the table and writes the feature's site_term call(s)
-    return lines + [*space.cuda_site(space.site_call("R[m, {atom}, {k}]")), "", ""]
+    return lines + [*space.cuda_site(space.site_call("R[m, {atom}, {k}]"), dir_.layout), "", ""]
 
 
 def block_coefficients(kprog: KernelProgram) -> list:
