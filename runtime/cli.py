@@ -21,7 +21,7 @@ from compiler.library import LIBRARY_DESCRIPTORS, LIBRARY_KERNELS, resolve
 
 from .data import (DEFAULT_DATA, DatasetError, check_force_energy_consistency, check_same_species,
                    hessian_unit_label, load_dataset, load_geometries, unit_labels)
-from . import vibrations
+from . import distributed, vibrations
 from .model import GDML, error_table
 
 MAX_SIGMA_VALUES = 1000  # a range like 1:1e9:1 is a typo, not a grid
@@ -123,23 +123,25 @@ def cmd_train(args):
         print(f"note: Hessians for {len(ds.H_frames)} frames are not used in training yet", file=sys.stderr)
     parts = _split(ds, args)
     train, valid, test = (parts[role][0] if role in parts else None for role in ("training", "validation", "test"))
-    model = GDML(descriptor=descriptor, kernel=kernel, sigma=args.sigma, lam=args.lam,
-                 symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints,
-                 device=args.device, solver=args.solver, cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter,
-                 preconditioner=args.preconditioner, checkpoint=checkpoint_path(out),
-                 checkpoint_every=args.checkpoint_every, resume=args.resume, **hyper)
-    if args.energy_constraints and train.E is None:
-        raise DatasetError(f"--energy-constraints needs energies, but {data_path} has none")
-    if valid is None and len(model.sigma_grid) > 1:
-        raise DatasetError("choosing sigma needs validation data: --n-valid > 0, --valid FILE, or one --sigma")
-    print(f"model    {model.descriptor_dsl.name} x {model.kernel_dsl.name}, sigma grid "
-          f"{', '.join(f'{s:g}' for s in model.sigma_grid)}, lambda {model.lam:g}, "
-          f"{'no symmetries' if args.no_sym else 'symmetries: auto'}"
-          f"{', energy constraints' if args.energy_constraints else ''}")
-    print(f"split    train {len(train)}, validation {0 if valid is None else len(valid)}, "
-          f"test {0 if test is None else len(test)}")
-    model.fit(train.R, train.F, train.E, train.z,  # every frame passed validate_frames in _split
-              valid=None if valid is None else (valid.R, valid.F, valid.E), validated=True)
+    with distributed.connected(args.scheduler) as cluster:  # closed once trained
+        model = GDML(descriptor=descriptor, kernel=kernel, sigma=args.sigma, lam=args.lam,
+                     symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints,
+                     device=args.device, solver=args.solver, cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter,
+                     preconditioner=args.preconditioner, checkpoint=checkpoint_path(out),
+                     checkpoint_every=args.checkpoint_every, resume=args.resume, cluster=cluster,
+                     **hyper)
+        if args.energy_constraints and train.E is None:
+            raise DatasetError(f"--energy-constraints needs energies, but {data_path} has none")
+        if valid is None and len(model.sigma_grid) > 1:
+            raise DatasetError("choosing sigma needs validation data: --n-valid > 0, --valid FILE, or one --sigma")
+        print(f"model    {model.descriptor_dsl.name} x {model.kernel_dsl.name}, sigma grid "
+              f"{', '.join(f'{s:g}' for s in model.sigma_grid)}, lambda {model.lam:g}, "
+              f"{'no symmetries' if args.no_sym else 'symmetries: auto'}"
+              f"{', energy constraints' if args.energy_constraints else ''}")
+        print(f"split    train {len(train)}, validation {0 if valid is None else len(valid)}, "
+              f"test {0 if test is None else len(test)}")
+        model.fit(train.R, train.F, train.E, train.z,  # every frame passed validate_frames in _split
+                  valid=None if valid is None else (valid.R, valid.F, valid.E), validated=True)
     for warning in check_force_energy_consistency(train.R, train.E, train.F) if train.E is not None else []:
         print(f"warning: {warning}", file=sys.stderr)
     from_training_file = {role: idx if part.source == ds.source else np.array([], dtype=int)
@@ -457,6 +459,9 @@ def _solver_options(p):
                         f"(default {cg.DEFAULT_CHECKPOINT_SECONDS:g} s)")
     p.add_argument("--resume", action="store_true",
                    help="CG: continue an interrupted training from MODEL.cg-checkpoint.npz")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="CG: run the training products on this Dask scheduler's workers, e.g. "
+                        "tcp://node1:8786 (needs gdmlc[dask]; README: Training on a cluster)")
 
 
 def checkpoint_path(out):

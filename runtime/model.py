@@ -18,7 +18,7 @@ import numpy as np
 from compiler import checks, compile_model
 from compiler.library import resolve
 
-from . import cg, data, symmetry
+from . import cg, data, distributed, symmetry
 from .assembly import allocate_training_matrix, dense_fits
 from .backends import make_backend
 from .preconditioner import PRECONDITIONERS, LowRankPreconditioner, TrainingColumns, make_preconditioner
@@ -83,6 +83,8 @@ class GDML:
     ``checkpoint``: a file the CG state is written to every ``checkpoint_every`` seconds (and
     when CG stops on an error or Ctrl-C; removed after a successful fit); ``resume``: continue
     from it (a checkpoint of another problem is refused; earlier sigmas of a sweep are redone).
+    ``cluster``: a dask.distributed scheduler address or Client: CG's products run on its workers
+    (runtime/distributed.py; solver "auto" or "cg"), everything else in this process.
 
     What training produces is one value, ``state`` (runtime/trained.py); its fields read as
     attributes (``model.sigma``, ``model.alpha``, ``model.z``, ...).
@@ -92,7 +94,7 @@ class GDML:
                  symmetries="auto", progress=True, energy_constraints=False, device="cpu", hyper=None,
                  on_stage=None, solver="auto", cg_tol=cg.DEFAULT_TOL, cg_maxiter=cg.DEFAULT_MAXITER,
                  preconditioner=DEFAULT_PRECONDITIONER, preconditioner_points=None, checkpoint=None,
-                 checkpoint_every=cg.DEFAULT_CHECKPOINT_SECONDS, resume=False):
+                 checkpoint_every=cg.DEFAULT_CHECKPOINT_SECONDS, resume=False, cluster=None):
         self.descriptor_dsl = resolve(descriptor, "descriptor")
         self.kernel_dsl = resolve(kernel, "kernel")
         self.lam = float(lam)
@@ -105,6 +107,7 @@ class GDML:
         self._set_solver(solver, cg_tol, cg_maxiter, preconditioner, preconditioner_points)
         self.checkpoint, self.checkpoint_every, self.resume = checkpoint, float(checkpoint_every), bool(resume)
         self.model = compile_model(self.descriptor_dsl, self.kernel_dsl)
+        self.client = None if cluster is None else distributed.client_for(cluster, self.solver)
         self.sigma_grid = self._grid(sigma)
         if self.resume:
             if checkpoint is None:
@@ -323,6 +326,8 @@ class GDML:
 
     def _solver_for(self, n_rows):
         """'cholesky' or 'cg' for a system of n_rows: auto is dense while the matrix fits in memory."""
+        if self.client is not None:
+            return "cg"  # the dense solver was refused with a cluster
         if self.solver != "auto":
             return self.solver
         return "cholesky" if dense_fits(n_rows) else "cg"
@@ -401,8 +406,7 @@ class GDML:
                     precondition = make_preconditioner(self.preconditioner, columns, lam, self.preconditioner_points)
             if checkpoint is not None:
                 checkpoint.precondition = precondition
-            operator = cg.TrainingOperator(self.backend, D, JAC, fperms, hyper, n_atoms, lam,
-                                           energy_rows=self.energy_constraints)
+            operator = distributed.training_operator(self, D, JAC, fperms, hyper, n_atoms, lam)
             try:
                 with self._stage("solve"):
                     result = cg.solve(operator, y, precondition, self.cg_tol, self.cg_maxiter, rigid,
