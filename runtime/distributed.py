@@ -80,10 +80,10 @@ def training_operator(gdml, D, JAC, fperms, hyper, n_atoms, lam):
 
 def model_texts(descriptor_dsl, kernel_dsl):
     """{kind: (source, metadata JSON)}: what a worker compiles the model from (as a model file)."""
-    from .model_file import KINDS, _function_arrays
+    from .model_file import KINDS, function_arrays
     texts = {}
     for kind, dsl in zip(KINDS, (descriptor_dsl, kernel_dsl)):
-        arrays = _function_arrays(dsl, kind)
+        arrays = function_arrays(dsl, kind)
         texts[kind] = (str(arrays[f"{kind}_source"]), str(arrays[f"{kind}_meta"]))
     return texts
 

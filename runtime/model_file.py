@@ -67,7 +67,7 @@ def save_model(model, path):
         "hyper": np.array(json.dumps({k: float(v) for k, v in model.hyper_values.items()})),
     }
     for kind, dsl in zip(KINDS, (model.descriptor_dsl, model.kernel_dsl)):
-        arrays.update(_function_arrays(dsl, kind))
+        arrays.update(function_arrays(dsl, kind))
     if state.energy_weights is not None:
         arrays["energy_weights"] = np.asarray(state.energy_weights)
     arrays[CHECKSUM_KEY] = np.array(checksum(arrays))
@@ -83,7 +83,7 @@ def _jsonable(x):
     raise TypeError(f"cannot store {type(x).__name__} in model info")
 
 
-def _function_arrays(dsl: DSLFunction, kind: str) -> dict:
+def function_arrays(dsl: DSLFunction, kind: str) -> dict:
     """``<kind>_source`` (the def as written) and ``<kind>_meta`` (JSON) for one DSL function;
     checked by the loader's own rules first, so every saved model loads."""
     meta = {"name": dsl.name, "kind": dsl.kind, "over": None if dsl.over is None else dsl.over.name,
