@@ -8,6 +8,7 @@ import traceback
 import numpy as np
 
 from compiler.build.compiled import compile_descriptor, compile_kernel, compile_model
+from compiler.dsl import Combination
 from compiler.errors import CompileError
 from compiler.library import DEFAULT_DESCRIPTOR, DEFAULT_KERNEL, load_file, resolve
 from compiler.build.verify import TOLERANCE, check_model
@@ -73,12 +74,23 @@ def cmd_compile(args):
     descs = [e for e in entries.values() if e.kind == "descriptor"]
     kerns = [e for e in entries.values() if e.kind == "kernel"]
     for dsl in descs:
+        if isinstance(dsl, Combination):
+            c = compile_descriptor(dsl)  # its parts are reported on their own
+            print(f"descriptor {c.name} = combine({', '.join(p.name for p in c.parts)}) ({dsl.filename})")
+            print(f"  features           {c.n_channels} per atom "
+                  f"({' + '.join(str(p.n_channels) for p in c.parts)}), {c.n_features(EXAMPLE_ATOMS)} for "
+                  f"{EXAMPLE_ATOMS} atoms")
+            continue
         start = time.perf_counter()
         c = compile_descriptor(dsl)
-        c.values(_demo_geometry(EXAMPLE_ATOMS), z=[6] * EXAMPLE_ATOMS)  # triggers Numba compilation
+        c.values(_demo_geometry(EXAMPLE_ATOMS), z=_demo_numbers(c, EXAMPLE_ATOMS))  # triggers Numba compilation
         before, after = c.metadata["descriptor_ops"]
         print(f"descriptor {c.name} ({dsl.filename}:{c.ir.source.first_line})")
-        print(f"  index space        {c.over}, {c.n_channels} channel(s)")
+        blocks = c.layout.n_blocks(c.over)
+        print(f"  index space        {c.over}, {c.params.shape[0]} channel(s)"
+              + (f" x {blocks} element block(s) of {', '.join(f'{e:g}' for e in c.layout.elements)}"
+                 if c.layout.elements else "")
+              + (f", cutoff {c.layout.cutoff:g} Å" if c.layout.cutoff is not None else ""))
         print(f"  features           {c.n_features(EXAMPLE_ATOMS)} for {EXAMPLE_ATOMS} atoms "
               f"({c.over.feature_formula} x {c.n_channels})")
         print(f"  Jacobian nonzeros  {3 * c.slots(EXAMPLE_ATOMS)} per row "
@@ -118,6 +130,12 @@ def _demo_geometry(n):
     import numpy as np
 
     return random_geometry(np.random.default_rng(0), n)
+
+
+def _demo_numbers(descriptor, n):
+    """Carbon atoms, or the first of the descriptor's declared elements."""
+    elements = descriptor.layout.elements if descriptor.layout else ()
+    return [elements[0] if elements else 6] * n
 
 
 def _pick(entries, name, kind, default):

@@ -179,6 +179,42 @@ def _checked_sigmas(sigmas, site) -> tuple:
     return tuple(float(s) for s in values)
 
 
+@dataclass(frozen=True)
+class Combination:
+    """Several descriptor terms as one per-atom feature vector (``combine``): atom i's features
+    are part 0's features of atom i, then part 1's, and so on, so a model sees one vector per atom
+    whatever the parts' index spaces (all atom-centred).  Each part compiles on its own."""
+
+    parts: tuple                  # DSLFunctions, kind 'descriptor', atom-centred spaces
+    name: str
+    default_sigmas: tuple | None = None
+    kind = "descriptor"
+
+    @property
+    def filename(self):
+        return self.parts[0].filename
+
+    def __repr__(self):
+        return f"<gdmlc descriptor {self.name} = combine({', '.join(p.name for p in self.parts)})>"
+
+
+def combine(*parts, name=None, sigmas=None) -> Combination:
+    """One per-atom feature vector from several atom-centred descriptors, e.g. two-body radial
+    and three-body angular terms: ``acsf = combine(g2, g4, name="acsf")``."""
+    site = _definition_site(parts[0].fn) if parts and isinstance(parts[0], DSLFunction) else ("<combine>", 0)
+    hint = "combine descriptors over atom-centred spaces, e.g. combine(radial, angular, name='acsf')"
+    if len(parts) < 2 or not all(isinstance(p, DSLFunction) and p.kind == "descriptor" for p in parts):
+        raise _decorator_error(site, f"combine() takes two or more @descriptor functions, got {parts!r}", hint)
+    flat = [p for p in parts if not p.over.atom_centred]
+    if flat:
+        raise _decorator_error(site, f"combine(): {flat[0].name} is over {flat[0].over.name}, which has no "
+                                     "per-atom features", hint)
+    name = name or "_".join(p.name for p in parts)
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise _decorator_error(site, f"combine(): name={name!r} is not an identifier", hint)
+    return Combination(tuple(parts), name, None if sigmas is None else _checked_sigmas(sigmas, site))
+
+
 def kernel(fn=None):
     """Mark ``fn(d, dp, *hyperparameters)`` as a base kernel."""
 
@@ -206,5 +242,5 @@ def sqdist(a, b):
     return np.sum((np.asarray(a) - np.asarray(b)) ** 2, axis=-1)
 
 
-__all__ = ["descriptor", "kernel", "pairs", "neighbours", "neighbour_pairs", "pi", *MATH_NAMES, "norm", "dot", "sqdist",
+__all__ = ["descriptor", "combine", "Combination", "kernel", "pairs", "neighbours", "neighbour_pairs", "pi", *MATH_NAMES, "norm", "dot", "sqdist",
            "DSLFunction", "StoredSource"]

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from compiler.dsl import DSLFunction
+from compiler.dsl import Combination, DSLFunction
 
 LIBRARY_DESCRIPTORS = ("inverse_distances", "coulomb_matrix", "exponential_decay", "radial_g2", "erf_coulomb")
 LIBRARY_KERNELS = ("matern52", "matern32", "gaussian", "polynomial")
@@ -24,12 +24,12 @@ def load_file(path) -> dict:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return {k: v for k, v in vars(module).items()
-            if isinstance(v, DSLFunction) and Path(v.filename).resolve() == path}
+            if isinstance(v, (DSLFunction, Combination)) and Path(v.filename).resolve() == path}
 
 
 def resolve(spec, kind: str) -> DSLFunction:
-    """A DSLFunction from itself, a library name, or 'FILE.py:func'."""
-    if isinstance(spec, DSLFunction):
+    """A DSLFunction (or a descriptors' Combination) from itself, a library name, or 'FILE.py:func'."""
+    if isinstance(spec, (DSLFunction, Combination)):
         found = spec
     elif isinstance(spec, str) and ":" in spec and spec.split(":")[0].endswith(".py"):
         path, func = spec.rsplit(":", 1)

@@ -30,7 +30,8 @@ import numpy as np
 
 import compiler
 from compiler.atomic_io import atomic_writer
-from compiler.dsl import DEFAULT_INDEX_SPACE, INDEX_SPACES, DSLFunction, Layout, StoredSource, checked_layout
+from compiler.dsl import (DEFAULT_INDEX_SPACE, INDEX_SPACES, Combination, DSLFunction, Layout, StoredSource,
+                          checked_layout, combine)
 from compiler.errors import CompileError, DSLError
 from compiler.front.parser import module_constants, parse_descriptor, parse_kernel
 
@@ -83,20 +84,38 @@ def _jsonable(x):
     raise TypeError(f"cannot store {type(x).__name__} in model info")
 
 
-def function_arrays(dsl: DSLFunction, kind: str) -> dict:
+def function_arrays(dsl: DSLFunction | Combination, kind: str) -> dict:
     """``<kind>_source`` (the def as written) and ``<kind>_meta`` (JSON) for one DSL function;
-    checked by the loader's own rules first, so every saved model loads."""
-    meta = {"name": dsl.name, "kind": dsl.kind, "over": None if dsl.over is None else dsl.over.name,
-            "params": {k: _plain_numbers(v) for k, v in dsl.params.items()},
-            "default_sigmas": None if dsl.default_sigmas is None else [float(s) for s in dsl.default_sigmas],
-            "elements": list(dsl.layout.elements) or None, "cutoff": dsl.layout.cutoff,
-            "constants": module_constants(dsl), "filename": dsl.filename, "first_line": _first_line(dsl)}
-    source = _storable_source(dsl.source, kind, dsl.name)
+    checked by the loader's own rules first, so every saved model loads.  A combination of
+    descriptors stores its parts' defs one after the other and each part's metadata with the
+    span of its text."""
+    if isinstance(dsl, Combination):
+        records = [_function_record(part, kind) for part in dsl.parts]
+        spans = np.cumsum([0] + [len(source) for source, _ in records]).tolist()
+        source = "".join(source for source, _ in records)
+        meta = {"name": dsl.name, "kind": dsl.kind, "default_sigmas": _sigma_list(dsl.default_sigmas),
+                "parts": [{**part_meta, "source_span": spans[k:k + 2]} for k, (_, part_meta) in enumerate(records)]}
+    else:
+        source, meta = _function_record(dsl, kind)
     try:
         restore_function(kind, source, meta)
     except ModelFileError as exc:
         raise ModelFileError(f"cannot store {kind} {dsl.name} in a model file: {exc}") from None
     return {f"{kind}_source": np.array(source), f"{kind}_meta": np.array(json.dumps(meta))}
+
+
+def _sigma_list(sigmas):
+    return None if sigmas is None else [float(s) for s in sigmas]
+
+
+def _function_record(dsl: DSLFunction, kind: str) -> tuple:
+    """(source, metadata) of one DSL function."""
+    meta = {"name": dsl.name, "kind": dsl.kind, "over": None if dsl.over is None else dsl.over.name,
+            "params": {k: _plain_numbers(v) for k, v in dsl.params.items()},
+            "default_sigmas": _sigma_list(dsl.default_sigmas),
+            "elements": list(dsl.layout.elements) or None, "cutoff": dsl.layout.cutoff,
+            "constants": module_constants(dsl), "filename": dsl.filename, "first_line": _first_line(dsl)}
+    return _storable_source(dsl.source, kind, dsl.name), meta
 
 
 def _storable_source(source: str, kind: str, name: str) -> str:
@@ -142,10 +161,13 @@ _DATA_NODES = (ast.Constant, ast.Name, ast.Load, ast.List, ast.Tuple, ast.Dict, 
                ast.UAdd, ast.USub, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div)
 
 
-def restore_function(kind: str, source, meta) -> DSLFunction:
-    """A DSLFunction rebuilt from stored text and metadata, parsed (never run) and checked to be pure DSL."""
+def restore_function(kind: str, source, meta, part_of=None) -> DSLFunction | Combination:
+    """A DSLFunction rebuilt from stored text and metadata, parsed (never run) and checked to be pure DSL;
+    a combination of descriptors from its parts, each restored the same way."""
     if not isinstance(meta, dict):
         raise ModelFileError(f"the stored {kind} metadata is not a JSON object")
+    if "parts" in meta:
+        return _restore_combination(kind, source, meta, part_of)
     name = _identifier(meta.get("name"), f"the stored {kind} name")
     if meta.get("kind") != kind:
         raise ModelFileError(f"the stored {kind} {name} is marked as a {meta.get('kind')!r}, not a {kind}")
@@ -166,6 +188,24 @@ def restore_function(kind: str, source, meta) -> DSLFunction:
     except (DSLError, TypeError, ValueError) as exc:
         raise ModelFileError(f"the stored {kind} {name} is not pure DSL: {exc}") from None
     return dsl
+
+
+def _restore_combination(kind, source, meta, part_of) -> Combination:
+    name = _identifier(meta.get("name"), f"the stored {kind} name")
+    parts = meta.get("parts")
+    if kind != "descriptor" or part_of is not None or not isinstance(parts, list) or len(parts) < 2:
+        raise ModelFileError(f"the stored {kind} {name} is not a valid combination of two or more descriptors")
+    restored = []
+    for k, part in enumerate(parts):
+        span = part.get("source_span") if isinstance(part, dict) else None
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(a, int) for a in span)
+                and 0 <= span[0] < span[1] <= len(source)):
+            raise ModelFileError(f"part {k} of the stored descriptor {name} has no valid source span")
+        restored.append(restore_function(kind, source[span[0]:span[1]], part, part_of=name))
+    try:
+        return combine(*restored, name=name, sigmas=_sigmas(kind, meta.get("default_sigmas")))
+    except DSLError as exc:
+        raise ModelFileError(f"the stored descriptor {name}: {exc.dsl_message}") from None
 
 
 def _identifier(name, what) -> str:
@@ -535,11 +575,18 @@ def _checked_arrays(stored) -> dict:
     return out
 
 
+def _channels(descriptor) -> int:
+    """Features per site the stored descriptor gives (a combination: per atom, all parts)."""
+    if isinstance(descriptor, Combination):
+        return sum(_channels(part) for part in descriptor.parts)
+    lengths = [len(v) for v in descriptor.params.values() if isinstance(v, list)]
+    return (lengths[0] if lengths else 1) * descriptor.layout.n_blocks(descriptor.over)
+
+
 def _check_features(arrays, descriptor):
     """D_train and B_train have as many features as the descriptor gives for these atoms (before compiling)."""
-    lengths = [len(v) for v in descriptor.params.values() if isinstance(v, list)]
-    channels = (lengths[0] if lengths else 1) * descriptor.layout.n_blocks(descriptor.over)
-    n_features = descriptor.over.n_features(len(arrays["z"]), channels)
+    space = descriptor.parts[0].over if isinstance(descriptor, Combination) else descriptor.over
+    n_features = space.n_features(len(arrays["z"]), _channels(descriptor))
     for key in ("D_train", "B_train"):
         if arrays[key].shape[1] != n_features:
             raise ModelFileError(f"{key!r} has {arrays[key].shape[1]} features per geometry, but "

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from compiler.dsl import descriptor, dot, exp, kernel, norm, sqdist, where  # noqa: E402
+from compiler.dsl import combine, descriptor, dot, exp, kernel, norm, sqdist, where  # noqa: E402
 from numeric import rel  # noqa: E402
 from runtime.prediction import predict_parts  # noqa: E402
 
@@ -144,6 +144,16 @@ def model_checks(out):
     out["GDML: predicted energies"] = rel(Eg, Ec)
     out["GDML: predicted forces"] = rel(Fg, Fc)
     out["GDML: energy constant"] = rel(models["cuda"].energy_constant, models["cpu"].energy_constant)
+
+    # a combination of descriptors: its features come from the parts' CPU kernels, the rest runs on the device
+    both = combine(two_channel_density, angular_blocks, name="density_angular")
+    combined = {device: runtime.GDML(both, "matern52", sigma=1.5, lam=1e-4, symmetries=perms, progress=False,
+                                     device=device) for device in ("cpu", "cuda")}
+    for model in combined.values():
+        model.fit(R[:m], F[:m], E[:m], z)
+    (Eg2, Fg2), (Ec2, Fc2) = combined["cuda"].predict(R[m:]), combined["cpu"].predict(R[m:])
+    out["combination: predicted energies"] = rel(Eg2, Ec2)
+    out["combination: predicted forces"] = rel(Fg2, Fc2)
 
     # the command line: a saved model loaded and predicting with --device cuda
     import tempfile

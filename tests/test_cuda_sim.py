@@ -79,6 +79,10 @@ def test_gdml_cuda_matches_cpu(sim):
     _assert_close(_checks(sim, "GDML:"), 4)
 
 
+def test_combined_descriptor_model_on_cuda_matches_cpu(sim):
+    _assert_close(_checks(sim, "combination:"), 2)
+
+
 def test_cli_predict_on_cuda_matches_cpu(sim):
     _assert_close(_checks(sim, "cli:"), 2)
 

@@ -13,7 +13,7 @@ import pytest
 
 import compiler
 from compiler.build.verify import TOLERANCE, check_model
-from compiler.dsl import cos, descriptor, dot, exp, norm, pi, where
+from compiler.dsl import combine, cos, descriptor, dot, exp, norm, pi, where
 from compiler.errors import DSLError
 from numeric import rel
 
@@ -247,3 +247,85 @@ def test_trained_model_round_trips_through_a_model_file(tmp_path):
 def compiler_default_data():
     from pathlib import Path
     return Path(__file__).resolve().parents[1] / "runtime" / "default_data" / "ethanol_gfn2xtb_500K.npz"
+
+
+# --------------------------------------------------------------------------- combinations of terms
+
+both = combine(radial, angular, name="radial_angular")
+both_wide = combine(radial_wide, angular_wide, name="both_wide")
+
+
+def test_combination_interleaves_each_atoms_features():
+    """Atom i's features are the radial part's features of atom i, then the angular part's:
+    checked against each part compiled on its own, and against JAX."""
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    combined = compiler.compile_descriptor(both)
+    parts = [compiler.compile_descriptor(d) for d in (radial, angular)]
+    rng = np.random.default_rng(4)
+    n = 6
+    z = random_z(rng, n)
+    R = spread_geometry(rng, n, z)
+    D, J = combined.values(R, z), combined.jacobian(R, z)
+    expected_D = np.concatenate([p.values(R, z).reshape(n, -1) for p in parts], axis=1).ravel()
+    expected_J = np.concatenate([p.jacobian(R, z).reshape(n, -1, n, 3) for p in parts], axis=1).reshape(J.shape)
+    assert combined.n_channels == sum(p.n_channels for p in parts)
+    assert np.array_equal(D, expected_D) and np.array_equal(J, expected_J)
+    f = combined.jax_function()
+    assert rel(D, np.asarray(f(jnp.asarray(R), z))) <= 1e-12
+    W = rng.normal(size=D.shape)
+    H = np.zeros((3 * n, 3 * n))
+    combined.add_curvature(R, z, W, H)
+    reference = jax.jacfwd(jax.jacfwd(lambda r: jnp.dot(W, f(r.reshape(n, 3), z))))(jnp.asarray(R.ravel()))
+    assert rel(H, np.asarray(reference)) <= 1e-10
+
+
+def test_combined_model_matches_jax():
+    errors = check_model(compiler.compile_model(both_wide, "matern52"), n_atoms=6, trials=1)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOLERANCE, f"{worst}: {errors[worst]:.3g}"
+
+
+def test_combination_refuses_what_it_cannot_be():
+    with pytest.raises(DSLError, match="combine\\(\\): pair_term is over pairs, which has no per-atom features"):
+        @descriptor
+        def pair_term(ri, rj):
+            return norm(ri - rj)
+        combine(radial, pair_term)
+    with pytest.raises(DSLError, match="two or more @descriptor functions"):
+        combine(radial)
+    lopsided_too = combine(radial, lopsided)
+    with pytest.raises(ValueError, match="not symmetric in rj and rk"):
+        compiler.compile_descriptor(lopsided_too).feature_permutations([[0, 1, 2], [0, 2, 1]], 3)
+
+
+def test_combined_model_round_trips_through_a_model_file(tmp_path):
+    from runtime.data import load_dataset
+    from runtime.model import GDML
+    ds = load_dataset(compiler_default_data())
+    model = GDML(descriptor=both, kernel="matern52", sigma=2.0)
+    model.fit(ds.R[:10], ds.F[:10], z=ds.z)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = GDML.load(path)
+    assert loaded.descriptor_dsl.name == "radial_angular"
+    assert [p.name for p in loaded.descriptor_dsl.parts] == ["radial", "angular"]
+    assert np.array_equal(model.predict(ds.R[40:43])[1], loaded.predict(ds.R[40:43])[1])
+
+
+def test_stored_combination_is_data_only():
+    """A model file's combination is restored part by part through the same checks; nesting,
+    missing spans and spans outside the text are refused."""
+    import json
+    from runtime.model_file import ModelFileError, function_arrays, restore_function
+    arrays = function_arrays(both, "descriptor")
+    source, meta = str(arrays["descriptor_source"]), json.loads(str(arrays["descriptor_meta"]))
+    restored = restore_function("descriptor", source, meta)
+    assert [p.name for p in restored.parts] == ["radial", "angular"]
+    assert restored.parts[1].layout == angular.layout
+    nested = {**meta, "parts": [{**meta["parts"][0], "parts": meta["parts"]}, meta["parts"][1]]}
+    outside = {**meta, "parts": [{**meta["parts"][0], "source_span": [0, len(source) + 5]}, meta["parts"][1]]}
+    for bad in (nested, outside, {**meta, "parts": meta["parts"][:1]}):
+        with pytest.raises(ModelFileError):
+            restore_function("descriptor", source, bad)

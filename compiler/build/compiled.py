@@ -20,6 +20,8 @@ from compiler.middle.structure import contractions as structure_contractions
 class CompiledDescriptor:
     """Descriptor values and sparse Jacobians from generated Numba code."""
 
+    is_combination = False  # compiler.build.combined.CombinedDescriptor: several compiled parts
+
     def __init__(self, dsl, dir_, table, module, path, built, seconds):
         self.dsl, self.ir, self.params = dsl, dir_, table
         self.module, self.module_path, self.built_now, self.build_seconds = module, path, built, seconds
@@ -421,9 +423,21 @@ def _single(x, what):
 # --------------------------------------------------------------------------- public API
 
 def compile_descriptor(descriptor) -> CompiledDescriptor:
+    combination = _combination(descriptor)
+    if combination is not None:
+        from compiler.build.combined import CombinedDescriptor
+        return CombinedDescriptor(combination, [compile_descriptor(part) for part in combination.parts])
     dsl, parsed = pipeline.front(descriptor, "descriptor")
     table = pipeline.params_table(dsl, parsed.ir)
     return CompiledDescriptor(dsl, parsed.ir, table, *pipeline.build(numba_cpu.TARGET, descriptor=parsed))
+
+
+def _combination(descriptor):
+    """The Combination ``descriptor`` resolves to (compiler.dsl.combine), or None."""
+    from compiler.dsl import Combination
+    from compiler.library import resolve
+    found = resolve(descriptor, "descriptor")
+    return found if isinstance(found, Combination) else None
 
 
 def compile_kernel(kernel) -> CompiledKernel:
@@ -432,7 +446,13 @@ def compile_kernel(kernel) -> CompiledKernel:
 
 
 def compile_model(descriptor, kernel) -> CompiledModel:
-    (ddsl, dparsed), (kdsl, kparsed) = pipeline.front(descriptor, "descriptor"), pipeline.front(kernel, "kernel")
+    combination = _combination(descriptor)
+    first = combination.parts[0] if combination is not None else descriptor
+    (ddsl, dparsed), (kdsl, kparsed) = pipeline.front(first, "descriptor"), pipeline.front(kernel, "kernel")
     table = pipeline.params_table(ddsl, dparsed.ir)
     built = pipeline.build(numba_cpu.TARGET, descriptor=dparsed, kernel=kparsed)
-    return CompiledModel(CompiledDescriptor(ddsl, dparsed.ir, table, *built), CompiledKernel(kdsl, kparsed.ir, *built))
+    compiled = CompiledDescriptor(ddsl, dparsed.ir, table, *built)
+    if combination is not None:  # the fused kernels come with part 0; the other parts' descriptors on their own
+        from compiler.build.combined import CombinedDescriptor
+        compiled = CombinedDescriptor(combination, [compiled] + [compile_descriptor(p) for p in combination.parts[1:]])
+    return CompiledModel(compiled, CompiledKernel(kdsl, kparsed.ir, *built))

@@ -128,6 +128,9 @@ class CudaCompiledModel:
         ``validated``: R is already a checks.geometries() result (the runtime checks each input once)."""
         R3 = R if validated else checks.geometries(R)[0]
         m, n, _ = R3.shape
+        if self.descriptor.is_combination:  # a combination: its parts' kernels are CPU-only for now
+            D, JAC, _ = self.descriptor.evaluate(R3, z, validated=True)
+            return self.cuda.to_device(D), self.cuda.to_device(JAC)
         zf = self.descriptor._z(z, n)
         atoms, _ = self.tables(n)
         F, K = self.descriptor.n_features(n), self.descriptor.slots(n)
@@ -275,6 +278,7 @@ class CudaCompiledModel:
 def compile_cuda_model(descriptor, kernel) -> CudaCompiledModel:
     """The CUDA kernels of (descriptor, kernel), generated into generated/ beside the CPU module
     (the pipeline parsed and analysed both functions for the CPU model already)."""
-    (ddsl, dparsed), (kdsl, kparsed) = pipeline.front(descriptor, "descriptor"), pipeline.front(kernel, "kernel")
-    cpu = compile_model(ddsl, kdsl)
+    cpu = compile_model(descriptor, kernel)
+    first = cpu.descriptor.parts[0].dsl if cpu.descriptor.is_combination else descriptor
+    (_, dparsed), (_, kparsed) = pipeline.front(first, "descriptor"), pipeline.front(kernel, "kernel")
     return CudaCompiledModel(cpu, *pipeline.build(numba_cuda.TARGET, descriptor=dparsed, kernel=kparsed))

@@ -158,6 +158,7 @@ class IndexSpace:
 
     # ---------------------------------------------------------------- element blocks and cutoff
 
+    atom_centred = False           # one site per atom, touching every atom (AtomCentred)
     allows_elements = False        # element blocks need an atom-centred space
     cutoff_pairs = (("i", "j"),)   # atom pairs whose distance the declared cutoff gates
 
@@ -322,6 +323,7 @@ class AtomCentred(IndexSpace):
     elements only."""
 
     feature_formula = "N"
+    atom_centred = True
     allows_elements = True
 
     @property

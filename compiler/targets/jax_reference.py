@@ -80,6 +80,18 @@ def descriptor_function(dir_: DescriptorIR, params_table: np.ndarray):
     return descriptor
 
 
+def combined_descriptor_function(parts):
+    """``D(R, z=None)`` of a combination (compiler.dsl.combine): each atom's features of every
+    part, part after part, from the parts' own JAX functions."""
+    _, jnp = _jax()
+
+    def descriptor(R, z=None):
+        n = R.shape[0]
+        return jnp.concatenate([part(R, z).reshape(n, -1) for part in parts], axis=1).reshape(-1)
+
+    return descriptor
+
+
 def kernel_function(kir: KernelIR):
     """``k(d, dp, **hyper)`` in jax.numpy, with s and t computed from whole vectors;
     ``hyper`` by the DSL's names (the lowered text uses the IR's prefixed ones)."""
