@@ -10,3 +10,10 @@ def rel(value, reference):
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(reference))
     scale = np.abs(reference).max()
     return float(np.abs(value - reference).max() / scale) if scale > 0 else float(np.abs(value).max())
+
+
+def element_resolved(name):
+    """Is library descriptor ``name`` element-resolved (``elements=``)?  Those (ACSF, FCHL19) have
+    independent peers of their own: tests/test_reference_descriptors.py."""
+    from compiler.library import resolve
+    return bool(resolve(name, "descriptor").layout.elements)
