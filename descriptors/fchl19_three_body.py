@@ -31,10 +31,6 @@ RS3 = [r for r in RS3_GRID for _ in range(2)]       # each radial function twice
 FOURIER_COS = [1.0, 0.0] * N_RS3
 FOURIER_SIN = [0.0, 1.0] * N_RS3
 WEIGHT = float(np.sqrt(ETA3 / np.pi) * 13.4)         # as generate_fchl19 scales three_body_weight
-# The loops skip terms from a hair beyond acut: the compiler checks the term is exactly zero at a
-# neighbour placed at the declared cutoff, but r computed from those positions can round to just
-# below acut, where f_c is ~1e-32 (not 0).  The term is zero for r >= acut by its where() anyway.
-SKIP_BEYOND = ACUT * (1.0 + 1e-12)
 
 # sigmas: radial_g2's grid times 0.25, as the median distance between two ethanol frames' feature
 # vectors is 0.44 here (radial_g2: 1.95)
@@ -43,7 +39,7 @@ SKIP_BEYOND = ACUT * (1.0 + 1e-12)
 @descriptor(over="neighbour_pairs",
             params={"rs": RS3, "fourier_cos": FOURIER_COS, "fourier_sin": FOURIER_SIN, "order": 1.0,
                     "eta3": ETA3, "zeta": pi, "acut": ACUT, "decay": 0.57, "weight": WEIGHT},
-            elements=ELEMENTS, cutoff=SKIP_BEYOND, sigmas=[0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3.75, 5])
+            elements=ELEMENTS, cutoff=ACUT, sigmas=[0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3.75, 5])
 def fchl19_three_body(ri, rj, rk, rs, fourier_cos, fourier_sin, order, eta3, zeta, acut, decay, weight):
     rij = norm(rj - ri)
     rik = norm(rk - ri)

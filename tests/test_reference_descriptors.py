@@ -215,26 +215,11 @@ def test_acsf_jacobian_matches_jax_and_dscribe_finite_differences(name, geometry
 
 # --------------------------------------------------------------------------- gdmlc check
 
-def checked_form(name):
-    """The library term as check_model gets it.  fchl19_three_body keeps its first 4 of 40 channels:
-    check_model's JAX reference for the kernel Hessian-vector product (jacfwd of jacfwd of the
-    kernel) holds features^3 numbers, 1.1e11 bytes for 6 atoms x 400 features.  Same source, same
-    parameter names and layout, so the same generated code (the compiler's cache key)."""
-    from compiler.dsl import descriptor as dsl_descriptor
-    from compiler.library import resolve
-    dsl = resolve(name, "descriptor")
-    if name != "fchl19_three_body":
-        return dsl
-    params = {k: v[:4] if isinstance(v, list) else v for k, v in dsl.params.items()}
-    return dsl_descriptor(over=dsl.over, params=params, elements=list(dsl.layout.elements),
-                          cutoff=dsl.layout.cutoff)(dsl.fn)
-
-
 @pytest.mark.parametrize("name", list(PEER_VALUES))
 def test_gdmlc_check_passes(name):
     """compiler.build.verify.check_model (what `gdmlc check` runs) on a Gaussian-kernel model: values,
     Jacobians, curvature, force blocks with permutations, predicted forces and Hessians vs JAX."""
-    errors = check_model(compiler.compile_model(checked_form(name), "gaussian"), n_atoms=6, trials=1)
+    errors = check_model(compiler.compile_model(name, "gaussian"), n_atoms=6, trials=1)
     assert {"descriptor curvature", "force block, symmetric (2 permutations)", "prediction (Hessian)"} <= set(errors)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, f"{worst}: {errors[worst]:.3g}"

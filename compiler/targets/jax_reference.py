@@ -135,10 +135,9 @@ def prediction_energy_function(descriptor, kernel, DT, BT, WT=None, hyper=None):
     jax, jnp = _jax()
     hyper = hyper or {}
     WT = jnp.zeros(len(DT)) if WT is None else jnp.asarray(WT)
-    grad_dp = jax.jacfwd(lambda d, dp: kernel(d, dp, **hyper), argnums=1)
-
-    def one(d, dt, bt, w):
-        return -jnp.dot(grad_dp(d, dt), bt) + w * kernel(d, dt, **hyper)
+    def one(d, dt, bt, w):  # grad_dp k . bt as k's derivative along bt: memory F, not F^2 (FCHL19: 3600 features)
+        along_bt = jax.jvp(lambda dp: kernel(d, dp, **hyper), (dt,), (bt,))[1]
+        return -along_bt + w * kernel(d, dt, **hyper)
 
     terms = jax.vmap(one, in_axes=(None, 0, 0, 0))
 
