@@ -9,7 +9,7 @@ from pathlib import Path
 from compiler.dsl import Combination, DSLFunction
 
 LIBRARY_DESCRIPTORS = ("inverse_distances", "coulomb_matrix", "exponential_decay", "radial_g2", "erf_coulomb",
-                       "acsf_g2", "acsf_g4", "fchl19_two_body", "fchl19_three_body")
+                       "acsf_g2", "acsf_g4", "fchl19_two_body", "fchl19_three_body", "acsf", "fchl19")
 LIBRARY_KERNELS = ("matern52", "matern32", "gaussian", "polynomial")
 DEFAULT_DESCRIPTOR, DEFAULT_KERNEL = "inverse_distances", "matern52"
 

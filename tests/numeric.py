@@ -16,4 +16,5 @@ def element_resolved(name):
     """Is library descriptor ``name`` element-resolved (``elements=``)?  Those (ACSF, FCHL19) have
     independent peers of their own: tests/test_reference_descriptors.py."""
     from compiler.library import resolve
-    return bool(resolve(name, "descriptor").layout.elements)
+    found = resolve(name, "descriptor")
+    return any(part.layout.elements for part in getattr(found, "parts", (found,)))

@@ -92,15 +92,25 @@ def qmllib_term(name, R, z):
     """qmllib's values and gradients for one of our FCHL19 terms, in our layout:
     (features,), (features, atoms, 3)."""
     rep, grad = qmllib_fchl19(R, z, gradients=True)
-    columns = TWO_BODY_COLUMNS if name == "fchl19_two_body" else THREE_BODY_COLUMNS
+    columns = {"fchl19_two_body": TWO_BODY_COLUMNS, "fchl19_three_body": THREE_BODY_COLUMNS}.get(name, slice(None))
     return rep[:, columns].reshape(-1), grad[:, columns].reshape(-1, *R.shape)
+
+
+def dscribe_acsf_combined(out):
+    """Our acsf (combine(acsf_g2, acsf_g4)): per atom dscribe's G2 part then its G4 part, as above."""
+    n = len(out)
+    return np.concatenate([dscribe_g2(out).reshape(n, -1), dscribe_g4(out).reshape(n, -1)], axis=1).reshape(-1)
 
 
 PEER_VALUES = {"acsf_g2": lambda R, z: dscribe_g2(dscribe_acsf(R, z)),
                "acsf_g4": lambda R, z: dscribe_g4(dscribe_acsf(R, z)),
                "fchl19_two_body": lambda R, z: qmllib_term("fchl19_two_body", R, z)[0],
-               "fchl19_three_body": lambda R, z: qmllib_term("fchl19_three_body", R, z)[0]}
-CUTOFF = {"acsf_g2": 6.0, "acsf_g4": 6.0, "fchl19_two_body": 8.0, "fchl19_three_body": 8.0}
+               "fchl19_three_body": lambda R, z: qmllib_term("fchl19_three_body", R, z)[0],
+               # the combinations: qmllib's whole FCHL19 vector per atom, as generate_fchl19 returns it
+               "acsf": lambda R, z: dscribe_acsf_combined(dscribe_acsf(R, z)),
+               "fchl19": lambda R, z: qmllib_fchl19(R, z)[0].reshape(-1)}
+CUTOFF = {"acsf_g2": 6.0, "acsf_g4": 6.0, "fchl19_two_body": 8.0, "fchl19_three_body": 8.0, "acsf": 6.0,
+          "fchl19": 8.0}
 
 
 # --------------------------------------------------------------------------- geometries
@@ -180,7 +190,7 @@ def test_fchl19_parameters_are_qmllibs_defaults():
 
 # --------------------------------------------------------------------------- Jacobians
 
-@pytest.mark.parametrize("name", ["fchl19_two_body", "fchl19_three_body"])
+@pytest.mark.parametrize("name", ["fchl19_two_body", "fchl19_three_body", "fchl19"])
 @pytest.mark.parametrize("geometry", range(len(GEOMETRIES)), ids=GEOMETRY_IDS)
 def test_fchl19_jacobian_matches_qmllib_gradients(name, geometry):
     R, z = GEOMETRIES[geometry]
@@ -199,7 +209,7 @@ def central_differences(f, R):
     return np.stack(columns, axis=-1).reshape(-1, *R.shape)
 
 
-@pytest.mark.parametrize("name", ["acsf_g2", "acsf_g4"])
+@pytest.mark.parametrize("name", ["acsf_g2", "acsf_g4", "acsf"])
 @pytest.mark.parametrize("geometry", [0, 3, 4], ids=[GEOMETRY_IDS[g] for g in (0, 3, 4)])
 def test_acsf_jacobian_matches_jax_and_dscribe_finite_differences(name, geometry):
     import jax
