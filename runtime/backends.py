@@ -64,6 +64,7 @@ class CpuBackend:
     def __init__(self, model):
         self.model = model
         self._prepared = (None, None)  # (training, its PredictionSide)
+        self._hessian_prepared = (None, None)  # (training, its HessianSide), made at the first Hessian
         self._product = None  # the last TrainingProduct matvec() used
 
     def evaluate(self, R, z):
@@ -98,8 +99,11 @@ class CpuBackend:
         return e, f
 
     def hessian(self, R, z, training):
+        if self._hessian_prepared[0] is not training:
+            self._hessian_prepared = (training, prediction.HessianSide(training.DT, training.BT, training.WT))
         D, JAC = self.evaluate(R, z)
-        return prediction.predict_hessians_scheduled(self.model, R, z, D, JAC, training)
+        return prediction.predict_hessians_scheduled(self.model, R, z, D, JAC, training,
+                                                     side=self._hessian_prepared[1])
 
     def training_product(self, D, JAC, fperms, hyper):
         """The TrainingProduct of (D, JAC, fperms, hyper): CG builds it once per solve."""

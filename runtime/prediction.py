@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.build.compiled import PredictionSide, numba_threads, thread_scratch, threads_for
-from compiler.build.hessian import predict_hessians
+from compiler.build.hessian import HessianSide, predict_hessians
 
 # below this many queries the tiled loops beat the matrix products (ethanol, M=1000, P=6,
 # 2 cores: 13,800 vs 10,300 geometries/s at 10 queries, 14,000 vs 19,900 at 30)
@@ -131,18 +131,20 @@ def predict_parts_tiled(model, DQ, JACQ, DT, BT, hyper, n_atoms, side=None, part
     return EP.sum(axis=0), F
 
 
-def predict_hessians_scheduled(model, R, z, DQ, JACQ, training):
+def predict_hessians_scheduled(model, R, z, DQ, JACQ, training, side=None):
     """Hessians d2E/dx2 (Q, 3N, 3N) (compiler/build/hessian.py): chunks of geometries on the
     chunk pool (threads_for decides whether there is more than one), each with the serial
     generated loops and single-threaded BLAS (two thread pools spinning against each other made
-    one ethanol Hessian 20x slower on 2 cores)."""
+    one ethanol Hessian 20x slower on 2 cores).  ``side``: the HessianSide of ``training``,
+    prepared once per model (else made here)."""
     q_count = DQ.shape[0]
     n3 = 3 * R.shape[1]
     H = np.empty((q_count, n3, n3))
+    side = HessianSide(training.DT, training.BT, training.WT) if side is None else side
 
     def run(rows):
         H[rows] = predict_hessians(model, R[rows], z, DQ[rows], JACQ[rows], training.DT, training.BT, training.WT,
-                                   training.hyper)
+                                   training.hyper, side=side)
 
     on_chunk_pool(q_count, max(1, -(-q_count // threads_for(q_count))), run)
     return H

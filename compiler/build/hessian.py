@@ -12,8 +12,11 @@ compiler's METADATA).  This module, their Python face, sums them: the gradient i
 space; the Hessian's rank-one terms c u w^T with one matrix product (BLAS) per left basis
 vector, either in descriptor space (an F x F matrix A, then J^T A J) or in atom space (the
 training rows projected through the query's Jacobian first, c (J^T u)(J^T w)^T), whichever
-takes fewer flops.  Nothing of size 3N x F x 3N is formed; the descriptor's own curvature is
-added term by term by the generated ``add_descriptor_curvature``.
+takes fewer flops.  The training rows are kept transposed (F, MP: HessianSide, once per model),
+so a training point is a column: its coefficient scales a column, and the projection's loop
+over training points vectorises.  Mirrored terms with equal coefficients (c_uw = c_wu, as in the
+Hessian of a scalar) are summed once, as S + S^T.  Nothing of size 3N x F x 3N is formed; the
+descriptor's own curvature is added term by term by the generated ``add_descriptor_curvature``.
 """
 from __future__ import annotations
 
@@ -50,51 +53,115 @@ class ColumnLayout:
         """The basis vectors the Hessian's rank-one terms project to atom space."""
         return set(self.terms) | {w for pairs in self.terms.values() for _, w in pairs}
 
+    @property
+    def weighted_terms(self) -> dict:
+        """u -> ((column, w, factor 1), ...): every term c u w^T."""
+        return {u: tuple((k, w, 1.0) for k, w in pairs) for u, pairs in self.terms.items()}
 
-def predict_hessians(model, R3, z, D, JAC, DT, BT, WT, hyper) -> np.ndarray:
+    @property
+    def mirrored(self):
+        """((column of u w^T, column of w u^T), ...) for every u != w, each pair once; None if
+        a term has no mirror."""
+        column = {(u, w): k for u, pairs in self.terms.items() for k, w in pairs}
+        if any((w, u) not in column for u, w in column):
+            return None
+        return tuple((k, column[w, u]) for (u, w), k in column.items() if u < w)
+
+    @property
+    def halved_terms(self) -> dict:
+        """S's terms when the sum is S + S^T: u u^T at half its coefficient, and of each mirrored
+        pair the orientation whose left vector comes first."""
+        order = list(self.terms)
+        halves = {u: tuple((k, w, 0.5 if w == u else 1.0) for k, w in pairs
+                           if w == u or order.index(u) < order.index(w)) for u, pairs in self.terms.items()}
+        return {u: terms for u, terms in halves.items() if terms}
+
+    def mirrored_coefficients_equal(self, CT) -> bool:
+        """Whether every mirrored pair of columns of CT (columns, MP) is equal, value for value."""
+        pairs = self.mirrored
+        return pairs is not None and all(np.array_equal(CT[a], CT[b]) for a, b in pairs)
+
+
+class HessianSide:
+    """The training side of Hessian prediction, prepared once per trained model: DT, BT (MP, F)
+    and the energy weights WT (MP,; zeros for a forces-only model) as hessian_coefficients reads
+    them, and DT, BT transposed (F, MP), the layout of the sums: there a training point is a
+    column, so scaling by its coefficients broadcasts along rows and project_rows' innermost
+    loop (over training points) vectorises."""
+
+    def __init__(self, DT, BT, WT):
+        self.DT, self.BT = DT, BT
+        self.WT = np.zeros(len(DT)) if WT is None else np.ascontiguousarray(WT, dtype=np.float64)
+        self.columns = {"dp": np.ascontiguousarray(DT.T), "beta": np.ascontiguousarray(BT.T)}
+
+    @property
+    def n_rows(self) -> int:
+        return self.DT.shape[0]
+
+
+def predict_hessians(model, R3, z, D, JAC, DT, BT, WT, hyper, side=None) -> np.ndarray:
     """d2E/dx2 (Q, 3N, 3N) of a compiled ``model`` at validated geometries R3 (Q, N, 3) with
     descriptors D and sparse Jacobians JAC, against the permuted training rows DT, BT (MP, F) and
     energy weights WT (MP,; None for a forces-only model): the energy E the generated predict
-    computes (unscaled, without a constant)."""
+    computes (unscaled, without a constant).  ``side``: their HessianSide, prepared once by the
+    caller (else made here)."""
+    side = HessianSide(DT, BT, WT) if side is None else side
+    if side.n_rows != DT.shape[0]:
+        raise ValueError(f"Hessian side was prepared for {side.n_rows} training rows, not {DT.shape[0]}")
     layout = ColumnLayout.of(model.hessian_columns)
     q_count, n, _ = R3.shape
-    WT = np.zeros(len(DT)) if WT is None else np.ascontiguousarray(WT, dtype=np.float64)
-    C = np.empty((len(DT), len(model.hessian_columns)))
+    C = thread_scratch("hessian_coefficients", (side.n_rows, len(model.hessian_columns)))
     H = np.empty((q_count, 3 * n, 3 * n))
     for q in range(q_count):
-        model.hessian_coefficients(D[q], DT, BT, WT, hyper, C)
-        H[q] = _hessian_one(model, layout, R3[q], z, D[q], JAC[q], DT, BT, C)
+        model.hessian_coefficients(D[q], side.DT, side.BT, side.WT, hyper, C)
+        H[q] = _hessian_one(model, layout, R3[q], z, D[q], JAC[q], side, np.ascontiguousarray(C.T))
     return H
 
 
-def _hessian_one(model, layout, x, z, d, jac, DT, BT, C):
-    basis = _Basis(d, DT, BT)
+def _hessian_one(model, layout, x, z, d, jac, side, CT):
+    """One geometry's Hessian from its coefficients CT (columns, MP)."""
+    basis = _Basis(d, side)
     n3 = 3 * x.shape[0]
     J = _dense_jacobian(model, jac, len(d), n3)
     in_descriptor_space = descriptor_space_is_cheaper(layout, len(d), n3)
-    # each basis vector's rows, in descriptor space (F) or projected to atom space (J^T w: 3N)
-    rows = {b: basis[b] if in_descriptor_space else _projected(model, basis[b], jac, n3, b)
-            for b in layout.projected}
-    total = np.zeros((len(d), len(d)) if in_descriptor_space else (n3, n3))
-    for u, pairs in layout.terms.items():
-        Y = _combination(C, pairs, rows)  # (MP, .): sum_w c_uw w, row by row
-        total += rows[u].T @ Y if u != "d" else np.outer(rows["d"][0], Y.sum(axis=0))
+    # each basis vector as columns over training points, in descriptor space (F) or projected to
+    # atom space (J^T w: 3N)
+    columns = {b: basis[b] if in_descriptor_space else _projected(model, basis[b], jac, n3, b)
+               for b in layout.projected}
+    total = _rank_one_sum(layout, CT, columns, len(d) if in_descriptor_space else n3)
     H = J.T @ total @ J if in_descriptor_space else total
     if layout.identity is not None:
-        H += C[:, layout.identity].sum() * (J.T @ J)
-    model.descriptor.add_curvature(x, z, energy_gradient(layout, C, basis), H)
+        H += CT[layout.identity].sum() * (J.T @ J)
+    model.descriptor.add_curvature(x, z, energy_gradient(layout, CT, basis), H)
     return H
 
 
-def _combination(C, pairs, rows):
-    """sum over (column k, basis w) of C[:, k] * rows[w], row by row, in scratch memory."""
-    (k, w), rest = pairs[0], pairs[1:]
-    shape = (C.shape[0], rows[w].shape[1])
-    Y = np.multiply(C[:, k, None], rows[w], out=thread_scratch("hessian_combination", shape))
+def _rank_one_sum(layout, CT, columns, size):
+    """(size, size): the sum over training points m and terms (u, w) of c_uw[m] u_m w_m^T, one
+    matrix product per left vector u (U (size, MP) times the combination of its right vectors).
+    When every mirrored pair of terms has equal coefficients (the Hessian of a scalar: c_uw =
+    c_wu), the sum is S + S^T with half the terms in S, so half the matrix products."""
+    symmetric = layout.mirrored_coefficients_equal(CT)
+    total = np.zeros((size, size))
+    for u, terms in (layout.halved_terms if symmetric else layout.weighted_terms).items():
+        Y = _combination(CT, terms, columns)  # (size, MP): sum_w c_uw w, column by column
+        total += columns[u] @ Y.T if u != "d" else np.outer(columns["d"][:, 0], Y.sum(axis=1))
+    return total + total.T if symmetric else total
+
+
+def _combination(CT, terms, columns):
+    """sum over (column k, basis w, factor) of factor * CT[k] * columns[w], in scratch memory."""
+    (k, w, factor), rest = terms[0], terms[1:]
+    shape = (columns[w].shape[0], CT.shape[1])
+    Y = np.multiply(_scaled(CT[k], factor), columns[w], out=thread_scratch("hessian_combination", shape))
     term = thread_scratch("hessian_term", shape)
-    for k, w in rest:
-        Y += np.multiply(C[:, k, None], rows[w], out=term)
+    for k, w, factor in rest:
+        Y += np.multiply(_scaled(CT[k], factor), columns[w], out=term)
     return Y
+
+
+def _scaled(c, factor):
+    return c if factor == 1.0 else factor * c
 
 
 def descriptor_space_is_cheaper(layout, n_features, n3) -> bool:
@@ -106,36 +173,37 @@ def descriptor_space_is_cheaper(layout, n_features, n3) -> bool:
     return left * n_features ** 2 <= projected * n_features * n3 + left * n3 ** 2
 
 
-def energy_gradient(layout, C, basis) -> np.ndarray:
+def energy_gradient(layout, CT, basis) -> np.ndarray:
     """dE/dd (F,): sum over training points of the gradient columns times their basis vectors."""
     total = np.zeros(basis.d.shape[0])
     for k, b in layout.gradient:
-        total += C[:, k] @ basis[b] if b != "d" else C[:, k].sum() * basis.d
+        total += basis[b] @ CT[k] if b != "d" else CT[k].sum() * basis.d
     return total
 
 
 class _Basis:
-    """The basis vectors as rows over training points (d: one row), each built once."""
+    """The basis vectors as columns over training points (F, MP; d: one column), each built once."""
 
-    def __init__(self, d, DT, BT):
+    def __init__(self, d, side):
         self.d = d
-        self._rows = {"dp": DT, "beta": BT, "d": d[None]}
+        self._columns = {**side.columns, "d": d[:, None]}
 
     def __getitem__(self, name):
-        if name not in self._rows:  # delta = d - dp_m, formed in descriptor space: no cancellation in J^T
-            dp = self._rows["dp"]
-            self._rows[name] = np.subtract(self.d, dp, out=thread_scratch("hessian_delta", dp.shape))
-        return self._rows[name]
+        if name not in self._columns:  # delta = d - dp_m, formed in descriptor space: no cancellation in J^T
+            dp = self._columns["dp"]
+            self._columns[name] = np.subtract(self.d[:, None], dp, out=thread_scratch("hessian_delta", dp.shape))
+        return self._columns[name]
 
 
-def _projected(model, rows, jac, n3, name=None):
-    """J^T w for each row w (MP, F) -> (MP, 3N), through the sparse Jacobian."""
-    X = np.empty((rows.shape[0], n3)) if name is None else thread_scratch(f"hessian_projected_{name}",
-                                                                          (rows.shape[0], n3))
-    model.project_rows(rows, jac, X)
+def _projected(model, columns, jac, n3, name=None):
+    """J^T w for each column w of ``columns`` (F, M) -> (3N, M), through the sparse Jacobian:
+    project_rows on the transposes, column-major, where its loop over training points vectorises."""
+    shape = (n3, columns.shape[1])
+    X = np.empty(shape) if name is None else thread_scratch(f"hessian_projected_{name}", shape)
+    model.module.project_rows(columns.T, jac, model.descriptor.atom_table(n3 // 3), X.T)
     return X
 
 
 def _dense_jacobian(model, jac, n_features, n3):
-    """J (F, 3N) from the sparse one: row f of J is J^T e_f, the projection of a unit vector."""
-    return _projected(model, np.eye(n_features), jac, n3)
+    """J (F, 3N) from the sparse one: column f of J^T is J^T e_f, the projection of a unit vector."""
+    return _projected(model, np.eye(n_features), jac, n3).T
