@@ -108,7 +108,7 @@ PEER_VALUES = {"acsf_g2": lambda R, z: dscribe_g2(dscribe_acsf(R, z)),
                "fchl19_three_body": lambda R, z: qmllib_term("fchl19_three_body", R, z)[0],
                # the combinations: qmllib's whole FCHL19 vector per atom, as generate_fchl19 returns it
                "acsf": lambda R, z: dscribe_acsf_combined(dscribe_acsf(R, z)),
-               "fchl19": lambda R, z: qmllib_fchl19(R, z)[0].reshape(-1)}
+               "fchl19": lambda R, z: qmllib_fchl19(R, z).reshape(-1)}
 CUTOFF = {"acsf_g2": 6.0, "acsf_g4": 6.0, "fchl19_two_body": 8.0, "fchl19_three_body": 8.0, "acsf": 6.0,
           "fchl19": 8.0}
 

@@ -322,9 +322,9 @@ class CompiledModel:
         self.module.hessian_coefficients(d, DT, BT, WT, hyper, C)
 
     def project_rows(self, B, jac, X):
-        """X (M, 3N) = J^T B[m] for descriptor-space rows B (M, F) through one sparse Jacobian."""
-        n_atoms = X.shape[1] // 3
-        self.module.project_rows(np.ascontiguousarray(B), jac, self.descriptor.atom_table(n_atoms), X)
+        """X (M, 3N) = J^T B[m] for descriptor-space rows B (M, F) through one sparse Jacobian; fastest
+        with B and X column-major (transposes of (F, M) and (3N, M) arrays: compiler/build/hessian.py)."""
+        self.module.project_rows(B, jac, self.descriptor.atom_table(X.shape[1] // 3), X)
 
     def contract(self, JAC, V):
         n_atoms = V.shape[1]

@@ -200,7 +200,7 @@ def _projected(model, columns, jac, n3, name=None):
     project_rows on the transposes, column-major, where its loop over training points vectorises."""
     shape = (n3, columns.shape[1])
     X = np.empty(shape) if name is None else thread_scratch(f"hessian_projected_{name}", shape)
-    model.module.project_rows(columns.T, jac, model.descriptor.atom_table(n3 // 3), X.T)
+    model.project_rows(columns.T, jac, X.T)
     return X
 
 
