@@ -23,7 +23,7 @@ from itertools import combinations
 
 import numpy as np
 
-from compiler.middle import ir
+from compiler.middle import ad, ir
 
 ATOM_LETTERS = "ijklmn"   # atom a of a term is r{letter}: ri, rj, rk, ...
 GRADIENT_LETTERS = "abcdef"  # site_term's gradient outputs for atom a: a0 a1 a2, b0 b1 b2, ...
@@ -39,9 +39,6 @@ class Layout:
     def n_blocks(self, space) -> int:
         """Feature blocks per site: one per element (pair) of the term's neighbours, or 1."""
         return space.n_blocks(len(self.elements))
-
-
-NO_LAYOUT = Layout()
 
 
 class IndexSpace:
@@ -188,7 +185,6 @@ class IndexSpace:
     def term_vanishes_beyond(self, body: ir.Expr, cutoff: float, parameter_env: dict, trials=64) -> bool:
         """Numerically: are the term and its gradient exactly zero whenever a distance in
         ``cutoff_pairs`` is at least ``cutoff`` (what lets the loops skip those terms)?"""
-        from compiler.middle import ad  # analysis-level tool; index spaces are imported by ad's users
         grads = ad.grad(body, self.position_vars)
         rng = np.random.default_rng(1)
         for a, b in self.cutoff_pairs:
