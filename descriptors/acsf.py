@@ -5,5 +5,6 @@ from compiler.dsl import combine
 from descriptors.acsf_g2 import acsf_g2
 from descriptors.acsf_g4 import acsf_g4
 
-# sigmas: radial_g2's grid scaled by the median distance between ethanol frames' vectors (2.7 here, 1.9 there)
-acsf = combine(acsf_g2, acsf_g4, name="acsf", sigmas=[1.5, 3, 4.5, 6, 8, 11, 14, 20, 28])
+# sigmas: around and above the best sigma for rMD17 ethanol at M = 200, global kernel (80, the top of the
+# grids tried: benchmarks/RESULTS.md, global models with many-body descriptors)
+acsf = combine(acsf_g2, acsf_g4, name="acsf", sigmas=[10, 20, 28, 40, 56, 80, 112, 160, 224])

@@ -6,5 +6,6 @@ from compiler.dsl import combine
 from descriptors.fchl19_three_body import fchl19_three_body
 from descriptors.fchl19_two_body import fchl19_two_body
 
-# sigmas: radial_g2's grid scaled by the median distance between ethanol frames' vectors (0.91 here, 1.9 there)
-fchl19 = combine(fchl19_two_body, fchl19_three_body, name="fchl19", sigmas=[0.5, 1, 1.5, 2, 2.5, 3.5, 4.5, 7, 9])
+# sigmas: around and above the best sigma for rMD17 ethanol at M = 200, global kernel (25, the top of the
+# grids tried: benchmarks/RESULTS.md, global models with many-body descriptors)
+fchl19 = combine(fchl19_two_body, fchl19_three_body, name="fchl19", sigmas=[3, 4.5, 6, 9, 12, 18, 25, 36, 50])
