@@ -18,3 +18,15 @@ def element_resolved(name):
     from compiler.library import resolve
     found = resolve(name, "descriptor")
     return any(part.layout.elements for part in getattr(found, "parts", (found,)))
+
+
+def ethanol_training_problem(R, z, symmetry_frames, sigma):
+    """(gdml, D, JAC, fperms, hyper) of a default model at geometries R, with the 6 permutations of
+    ethanol found on ``symmetry_frames`` (the training products tested against it sum over them)."""
+    from runtime.model import GDML
+    from runtime.symmetry import find_permutations
+    gdml = GDML(sigma=sigma, progress=False)
+    D, JAC = gdml.backend.evaluate(R, z)
+    perms = find_permutations(symmetry_frames, z, progress=False)
+    assert len(perms) == 6
+    return gdml, D, JAC, gdml.model.feature_permutations(perms, len(z)), gdml._kernel_hyper(sigma)

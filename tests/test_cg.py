@@ -11,7 +11,7 @@ from runtime.matvec import TrainingProduct
 from runtime.model import GDML, TrainingError
 from runtime.preconditioner import TrainingColumns, make_preconditioner
 from runtime.solver import NonFiniteMatrixError, NotPositiveDefiniteError
-from runtime.symmetry import find_permutations
+from numeric import ethanol_training_problem
 
 SIGMA = 2.0
 TRAIN = np.random.default_rng(0).permutation(2000)[:30]
@@ -30,13 +30,8 @@ def ds():
 @pytest.fixture(scope="module")
 def problem(ds):
     """(gdml, D, JAC, fperms, hyper, R) for 8 ethanol frames with its 6 permutations."""
-    gdml = GDML(sigma=SIGMA, progress=False)
     R = ds.R[TRAIN[:8]]
-    D, JAC = gdml.backend.evaluate(R, ds.z)
-    perms = find_permutations(ds.R[TRAIN], ds.z, progress=False)
-    assert len(perms) == 6  # the products below must sum over permutations
-    fperms = gdml.model.feature_permutations(perms, len(ds.z))
-    return gdml, D, JAC, fperms, gdml._kernel_hyper(SIGMA), R
+    return (*ethanol_training_problem(R, ds.z, ds.R[TRAIN], SIGMA), R)
 
 
 def full_matrix(problem, energy_rows):

@@ -13,7 +13,7 @@ from runtime.assembly import assemble
 from runtime.cli import main
 from runtime.matvec import TrainingProduct
 from runtime.model import GDML
-from runtime.symmetry import find_permutations
+from numeric import ethanol_training_problem
 
 SIGMA = 2.0
 TRAIN = np.random.default_rng(0).permutation(2000)[:20]
@@ -43,11 +43,7 @@ def ds():
 @pytest.fixture(scope="module")
 def problem(ds):
     """(gdml, D, JAC, fperms, hyper, n_atoms) for 20 ethanol frames with their 6 permutations."""
-    gdml = GDML(sigma=SIGMA, progress=False)
-    D, JAC = gdml.backend.evaluate(ds.R[TRAIN], ds.z)
-    perms = find_permutations(ds.R[TRAIN], ds.z, progress=False)
-    assert len(perms) == 6
-    return gdml, D, JAC, gdml.model.feature_permutations(perms, len(ds.z)), gdml._kernel_hyper(SIGMA), len(ds.z)
+    return (*ethanol_training_problem(ds.R[TRAIN], ds.z, ds.R[TRAIN], SIGMA), len(ds.z))
 
 
 @pytest.mark.parametrize("energy_rows", [False, True])
