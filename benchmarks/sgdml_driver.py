@@ -204,6 +204,89 @@ class _Timers:
             setattr(scipy.linalg, name, timed)
 
 
+class _TimeLimitReached(Exception):
+    """Raised from inside sGDML's CG (by _CgMonitor) when the wall-clock limit has passed."""
+
+
+class _CgMonitor:
+    """sGDML's iterative (CG) solver, watched: every product with K timed, and stopped at a deadline.
+
+    Wraps the operator ``Iterative._init_kernel_operator`` returns (one call of its matvec =
+    one product K v = one CG iteration after the first) and, after each product, appends a
+    JSON line to ``progress_path`` (flushed, so it survives a kill): product number,
+    seconds since ``start``, the product's seconds, sGDML's iteration counter and
+    residual norm (the module globals its CG callback keeps), and VmHWM.  Past
+    ``time_limit_s`` (seconds since ``start``) the next product raises
+    _TimeLimitReached, which leaves GDMLTrain.train.  ``save_checkpoint`` is the
+    ``save_progr_callback`` sGDML's CLI passes to train: sGDML calls it with the unconverged
+    model about every two minutes; the last one is kept.
+    """
+
+    def __init__(self, progress_path, time_limit_s, y_norm, start):
+        import numpy as np
+        import scipy.sparse.linalg as spla
+        from sgdml.solvers import iterative
+
+        self.start = start  # time.perf_counter() when the run started (the limit covers it all)
+        self.deadline = None if time_limit_s is None else self.start + float(time_limit_s)
+        self.y_norm = float(y_norm)
+        self.products = []
+        self.checkpoint, self.checkpoint_iteration = None, None
+        self.time_limit_reached = False
+        self._iterative = iterative
+        self._fh = open(progress_path, "w")
+        monitor = self
+        original = iterative.Iterative._init_kernel_operator
+
+        def init_kernel_operator(solver, *args, **kwargs):
+            op = original(solver, *args, **kwargs)  # its constructor already made sGDML's dtype probe
+            return spla.LinearOperator(op.shape, matvec=monitor._timed(op.matvec), dtype=np.float64)
+
+        iterative.Iterative._init_kernel_operator = init_kernel_operator
+
+    def _state(self):
+        iteration = getattr(self._iterative, "num_iters", None)
+        resid = getattr(self._iterative, "resid", None)
+        return (None if iteration is None else int(iteration)), (None if resid is None else float(resid))
+
+    def _timed(self, matvec):
+        def timed(v):
+            t0 = time.perf_counter()
+            out = matvec(v)
+            now = time.perf_counter()
+            self.products.append(now - t0)
+            iteration, resid = self._state()
+            record = {"product": len(self.products), "t": now - self.start, "product_s": now - t0,
+                      "iteration": iteration, "resid": resid,
+                      "rel_resid": None if resid is None else resid / self.y_norm,
+                      "vmhwm_bytes": _status_bytes("VmHWM")}
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
+            if len(self.products) % 25 == 1:
+                _log(f"CG product {record['product']}: iteration {iteration}, relative residual "
+                     f"{record['rel_resid']}, {record['product_s']:.2f} s, t = {record['t']:.0f} s")
+            if self.deadline is not None and now > self.deadline:
+                self.time_limit_reached = True
+                raise _TimeLimitReached(f"time limit reached after {len(self.products)} products")
+            return out
+
+        return timed
+
+    def save_checkpoint(self, model):
+        self.checkpoint, self.checkpoint_iteration = model, self._state()[0]
+        _log(f"sGDML checkpoint (unconverged model) at iteration {self.checkpoint_iteration}")
+
+    def summary(self):
+        self._fh.close()
+        iteration, resid = self._state()
+        return {"products": len(self.products), "product_s": self.products,
+                "iterations": iteration, "resid": resid,
+                "rel_resid": None if resid is None else resid / self.y_norm, "y_norm": self.y_norm,
+                "time_limit_reached": self.time_limit_reached,
+                "checkpoint_iteration": self.checkpoint_iteration,
+                "elapsed_s": time.perf_counter() - self.start}
+
+
 def _tile_to(R, n):
     """n geometries: R repeated cyclically (R has at least one)."""
     import numpy as np
@@ -213,6 +296,7 @@ def _tile_to(R, n):
 
 
 def run_train(config_path):
+    run_start = time.perf_counter()
     import multiprocessing as mp
 
     import numpy as np
@@ -231,13 +315,20 @@ def run_train(config_path):
     repeats, train_repeats = int(cfg["repeats"]), int(cfg["train_repeats"])
     batches = [int(b) for b in cfg["batches"]]
     tune_parallel = bool(cfg.get("prepare_parallel", True))
+    solver_name = cfg.get("solver", "analytic")  # the one sGDML must pick: 'analytic' or 'cg'
 
     from sgdml.predict import GDMLPredict
     from sgdml.train import GDMLTrain
     from sgdml.utils import perm as sgdml_perm
 
-    # The CLI's defaults: all memory (GB) and all CPUs.
-    max_memory = int(psutil.virtual_memory().total // 2**30)
+    # The CLI's defaults: all memory (GB) and all CPUs; max_memory_gb is the CLI's -m.  sGDML
+    # takes its iterative (CG) solver when the closed form would not fit in max_memory, and
+    # max_memory also sets its number of Nystrom inducing points.
+    max_memory = cfg.get("max_memory_gb")
+    if max_memory is None:
+        max_memory = int(psutil.virtual_memory().total // 2**30)
+    if cfg.get("seed") is not None:
+        np.random.seed(int(cfg["seed"]))  # sGDML draws its leverage-score columns with np.random
     max_processes = mp.cpu_count()
 
     n_train = len(train_idx)
@@ -255,7 +346,7 @@ def run_train(config_path):
     use_sym = True
     result = {"system": "sgdml", "path": "torch" if use_torch else "numpy",
               "use_torch": use_torch, "n_train": n_train, "n_atoms": int(R.shape[1]),
-              "sigma": sigma, "lam": lam, "use_E": use_E, "perms_mode": perms_mode,
+              "sigma": sigma, "lam": lam, "solver_required": solver_name, "use_E": use_E, "perms_mode": perms_mode,
               "max_memory_gb": max_memory, "max_processes": max_processes,
               "versions": _versions()}
 
@@ -276,6 +367,10 @@ def run_train(config_path):
     gdml_train = GDMLTrain(max_memory=max_memory, max_processes=max_processes,
                            use_torch=use_torch)
     timers = _Timers(gdml_train)
+    monitor = None
+    if solver_name == "cg":
+        y = train_ds["F"].ravel() / np.std(train_ds["F"].ravel())  # sGDML's scaled labels (use_E_cstr off)
+        monitor = _CgMonitor(cfg["progress_jsonl"], cfg.get("time_limit_s"), np.linalg.norm(y), run_start)
 
     rss_before = _status_bytes("VmRSS")
     hwm_reset = _reset_peak_rss()
@@ -294,14 +389,23 @@ def run_train(config_path):
         task["idxs_train"] = np.asarray(train_idx)  # informational only: training uses R_train
         del model
         t0 = time.perf_counter()
-        model = gdml_train.train(task)
+        if monitor is None:
+            model = gdml_train.train(task)
+        else:
+            try:
+                model = gdml_train.train(task, save_progr_callback=monitor.save_checkpoint)
+            except _TimeLimitReached as stop:
+                _log(f"{stop}: testing sGDML's last checkpoint (iteration "
+                     f"{monitor.checkpoint_iteration})")
+                model = monitor.checkpoint
         t_train.append(time.perf_counter() - t0)
+        solve = (f", solve {timers.solve_total[-1] - timers.assembly[-1]:.3f} s"
+                 if timers.solve_total else "")  # the closed form's; CG's products are in _CgMonitor
         _log(f"train {rep + 1}/{train_repeats}: {t_train[-1]:.3f} s "
-             f"(assembly {timers.assembly[-1]:.3f} s, solve "
-             f"{timers.solve_total[-1] - timers.assembly[-1]:.3f} s)")
-    if model["solver_name"] != "analytic":
-        raise RuntimeError(f"sGDML used its {model['solver_name']!r} solver, not the closed-form "
-                           "Cholesky one (not enough memory?)")
+             f"(assembly calls {[round(a, 3) for a in timers.assembly]} s{solve})")
+    if model is not None and model["solver_name"] != solver_name:
+        raise RuntimeError(f"sGDML used its {model['solver_name']!r} solver, not {solver_name!r} "
+                           "(max_memory decides: see _CgMonitor / run_sgdml)")
     peak_pss = sampler.stop()
     peak_self = _status_bytes("VmHWM")
     peak_children = _maxrss_bytes(resource.RUSAGE_CHILDREN)
@@ -320,6 +424,19 @@ def run_train(config_path):
                         "peak_pss_total_bytes": peak_pss,
                         "pss_samples": sampler.samples,
                         "peak_rss_train_bytes": peak_self}
+    if monitor is not None:
+        result["cg"] = monitor.summary()
+        result["cg"]["converged"] = bool(model is not None and not monitor.time_limit_reached
+                                         and model["solver_resid"] <= model["solver_tol"]
+                                         * model["norm_y_train"])
+        result["cg"]["tol"] = None if model is None else float(model["solver_tol"])
+        result["cg"]["inducing_columns"] = (None if model is None
+                                            else int(len(model["inducing_pts_idxs"])))
+    if model is None:  # stopped before sGDML's first checkpoint: nothing to test
+        np.savez(cfg["output_npz"])
+        with open(cfg["output_json"], "w") as fh:
+            json.dump(result, fh, indent=1)
+        return
     result["n_perms"] = int(model["perms"].shape[0])
     result["perms_used"] = np.asarray(model["perms"]).tolist()
     result["energy_constant"] = float(model["c"])

@@ -268,7 +268,8 @@ def _median(values):
 
 def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
               batches=(1, 10, 1000), repeats=3, workdir=None, *, train_repeats=None,
-              prepare_parallel=True, progress=False, timeout=None, python=None) -> dict:
+              prepare_parallel=True, progress=False, timeout=None, python=None,
+              solver="analytic", max_memory_gb=None, time_limit_s=None, seed=None) -> dict:
     """Train sGDML on R[train_idx] through its Python API and time it; predict R_test.
 
     R (M, N, 3), z (N,), E (M,) or None (no energies: use_E=False, energies up to a
@@ -279,6 +280,17 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
     use_torch: sGDML's default torch path (True) or its numpy path (False, the CLI's
     ``--cpu``); see the module docstring for exactly what that switches.  With use_torch,
     sigma must be an integer (sGDML's torch prediction truncates it).
+
+    ``solver``: the solver sGDML must pick (it raises otherwise): "analytic" (closed-form
+    Cholesky) or "cg" (its iterative solver: CG with a Nystrom preconditioner, which
+    GDMLTrain.train picks when the closed form's memory estimate exceeds ``max_memory_gb``,
+    the CLI's ``-m``, default all memory; ``max_memory_gb`` also sets sGDML's number of
+    inducing points).  With "cg": ``batches`` may be empty (no throughput); every product
+    with K is timed and logged to ``workdir/sgdml_<tag>_cg_progress.jsonl``; past
+    ``time_limit_s`` seconds (from just before create_task) CG is stopped and sGDML's last
+    checkpoint model (the unconverged model its CLI saves every ~2 min) is tested instead,
+    E_pred/F_pred absent when there was none yet; ``seed`` seeds np.random (sGDML's random
+    choice of leverage-score and inducing columns).
 
     ``repeats``: prediction timings per batch size; ``train_repeats`` (default
     ``repeats``): training repetitions (each from scratch).  ``prepare_parallel``: on the
@@ -305,6 +317,10 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
         on the torch path, E_pred_float64_input / F_pred_float64_input: the same torch
         model fed float64 geometries);
       versions: {sgdml, numpy, scipy, torch, python};
+      cg (solver "cg" only): {products, product_s (each product's seconds), iterations,
+        resid, rel_resid (= resid / y_norm, sGDML stops at tol), y_norm, tol, converged,
+        time_limit_reached, checkpoint_iteration (the tested model's, when stopped),
+        inducing_columns, elapsed_s, progress_jsonl};
       and n_train, n_atoms, n_perms, perms_used, sigma, lam, use_torch, path, energy_constant,
       label_std, solver, wall_time (the subprocess), workdir, log.
     """
@@ -335,7 +351,9 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
     if not (np.isfinite(lam) and lam >= 0):
         raise ValueError(f"lam must be a finite non-negative number, got {lam}")
     batches = [int(b) for b in batches]
-    if not batches or any(b < 1 for b in batches):
+    if solver not in ("analytic", "cg"):
+        raise ValueError(f"solver must be 'analytic' or 'cg', got {solver!r}")
+    if (not batches and solver == "analytic") or any(b < 1 for b in batches):
         raise ValueError(f"batches must be positive integers, got {batches}")
     repeats = int(repeats)
     train_repeats = repeats if train_repeats is None else int(train_repeats)
@@ -353,7 +371,7 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
     n_rows = 3 * n * len(train_idx)
     need = 3 * n_rows * n_rows * 8  # sGDML's own estimate: K, -K and the Cholesky factor
     avail = available_memory_bytes()
-    if avail is not None and need > avail:
+    if solver == "analytic" and avail is not None and need > avail:
         raise MemoryError(f"sGDML would need about {need / 2**30:.1f} GiB for M={len(train_idx)} "
                           f"(three {n_rows}x{n_rows} matrices) but {avail / 2**30:.1f} GiB are "
                           "available")
@@ -378,7 +396,9 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
                   "output_npz": str(workdir / f"sgdml_{tag}_pred.npz"),
                   "use_torch": bool(use_torch), "sigma": sigma_json, "lam": lam,
                   "perms": perms_mode, "batches": batches, "repeats": repeats,
-                  "train_repeats": train_repeats, "prepare_parallel": bool(prepare_parallel)}
+                  "train_repeats": train_repeats, "prepare_parallel": bool(prepare_parallel),
+                  "solver": solver, "max_memory_gb": max_memory_gb, "time_limit_s": time_limit_s,
+                  "seed": seed, "progress_jsonl": str(workdir / f"sgdml_{tag}_cg_progress.jsonl")}
         cfg_path = workdir / f"sgdml_{tag}_config.json"
         cfg_path.write_text(json.dumps(config, indent=1))
         log_path = workdir / f"sgdml_{tag}.log"
@@ -390,9 +410,10 @@ def run_sgdml(R, z, E, F, train_idx, R_test, sigma, lam, perms, use_torch,
         with np.load(config["output_npz"]) as pred:
             for key in pred.files:
                 result[key] = pred[key]
-        result["throughput"] = {int(k): v for k, v in result["throughput"].items()}
-        result["predict_times"] = {int(k): v for k, v in result["predict_times"].items()}
-        result["predict_config"] = {int(k): v for k, v in result["predict_config"].items()}
+        for key in ("throughput", "predict_times", "predict_config"):  # absent: CG stopped untested
+            result[key] = {int(k): v for k, v in result.get(key, {}).items()}
+        if "cg" in result:
+            result["cg"]["progress_jsonl"] = config["progress_jsonl"]
         result["peak_rss_train_bytes"] = result["memory"]["peak_rss_train_bytes"]
         result["wall_time"] = wall
         result["log"] = text

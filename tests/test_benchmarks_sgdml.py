@@ -102,6 +102,8 @@ def test_dataset_path_and_perms_errors(tmp_path):
     (dict(perms=[[1, 0, 2]]), "perms:"),
     (dict(perms="auto"), "perms must be"),
     (dict(batches=(0,)), "batches"),
+    (dict(batches=()), "batches"),
+    (dict(solver="gmres"), "solver must be"),
 ])
 def test_run_sgdml_argument_errors(change, message):
     R, z, E, F = small_arrays()
@@ -141,6 +143,23 @@ def test_parse_cli_output():
     assert errors == {"energy_mae": 0.5221, "energy_rmse": 0.6526, "force_mae": 1.7823, "force_rmse": 2.4807}
     assert steps == [{"step": "Assembling kernel matrix", "seconds": 0.4},
                      {"step": "Bi-partite matching", "seconds": 1.5}]
+
+
+def test_cg_progress_summary(tmp_path):
+    from benchmarks.sgdml_cg import progress_summary, read_progress
+
+    assert read_progress(tmp_path / "missing.jsonl") == [] and progress_summary([]) == {"products": 0}
+    path = tmp_path / "progress.jsonl"
+    path.write_text("".join(
+        f'{{"product": {k}, "t": {10.0 + k}, "product_s": {s}, "iteration": {k - 1}, '
+        f'"rel_resid": {0.1 ** k}, "vmhwm_bytes": {v}}}\n'
+        for k, s, v in ((1, 3.0, 100), (2, 1.0, 300), (3, 2.0, 200))))
+    summary = progress_summary(read_progress(path), every=2)
+    assert summary["products"] == 3 and summary["iterations"] == 2
+    assert summary["product_s_median"] == 2.0 and (summary["product_s_min"], summary["product_s_max"]) == (1.0, 3.0)
+    assert summary["peak_vmhwm_bytes"] == 300 and summary["rel_resid"] == pytest.approx(1e-3)
+    assert (summary["first_product_at_s"], summary["last_product_at_s"]) == (11.0, 13.0)
+    assert [r["product"] for r in summary["trace"]] == [1, 3]  # every 2nd, and the last
 
 
 # ------------------------------------------------------------------ with the sGDML environment
@@ -194,3 +213,24 @@ def test_sgdml_all_cli(tmp_path):
     assert set(errors) == {"energy_mae", "energy_rmse", "force_mae", "force_rmse"}
     for key, value in res["printed_errors"].items():
         assert value == pytest.approx(errors[key], abs=1e-4)
+
+
+# 50 ethanol frames: sGDML's closed form would need more than 0.006 GB, so it takes its CG
+# solver (with 5 inducing points); the time limit of 0 s stops it at its first product.
+CG_ARGS = dict(sigma=10, lam=1e-10, perms="sgdml", use_torch=True, batches=(), repeats=1,
+               train_repeats=1, solver="cg", max_memory_gb=0.006, seed=0)
+
+
+@needs_venv
+@needs_data
+def test_sgdml_cg_stops_at_time_limit(tmp_path):
+    from benchmarks.sgdml_cg import read_progress
+
+    ds = load_dataset(ETHANOL, labels="old")
+    res = sr.run_sgdml(ds.R, ds.z, ds.E, ds.F, np.arange(0, 1000, 20), ds.R[:5], workdir=tmp_path,
+                       time_limit_s=0, **CG_ARGS)
+    cg = res["cg"]
+    assert cg["time_limit_reached"] and not cg["converged"] and cg["products"] == 1
+    assert cg["checkpoint_iteration"] is None and "F_pred" not in res  # nothing to test yet
+    records = read_progress(cg["progress_jsonl"])
+    assert len(records) == 1 and records[0]["product_s"] > 0 and records[0]["vmhwm_bytes"] > 0
