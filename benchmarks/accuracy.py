@@ -14,7 +14,9 @@ For each MOLECULE:LABELS ('old': the original MD17 labels, 'new': rMD17's PBE la
    the training matrix would not fit in memory: the largest M whose matrix fits is used and
    reported) with the chosen sigma, and test on all 1000 frames of rmd17_<molecule>_test_01.
 
-inverse distances x Matern 5/2, lam 1e-10, symmetries detected from the training geometries.
+Default model: inverse distances x Matern 5/2, lam 1e-10, symmetries detected from the training
+geometries; ``--descriptor``/``--kernel``/``--lam`` choose others (an atom-centred descriptor such as
+fchl19 gives a local model: no symmetries, runtime/local.py; ``--global`` keeps a global one).
 Stage timings (symmetry search, descriptors, assembly, Cholesky, energy constant) come from
 the model's progress output; the whole fit is timed around ``GDML.fit``.  One JSON per run in
 benchmarks/results/.
@@ -49,19 +51,22 @@ def largest_m(n_atoms, m_wanted, energy_rows=False, fraction=0.85):
     return m
 
 
-def run_case(molecule, labels, sigmas, sweep_train, sweep_valid, n_train, log):
+def run_case(molecule, labels, sigmas, sweep_train, sweep_valid, n_train, log, model_options=None):
     import runtime
     from runtime.cli import parse_sigma
 
     train = runtime.load_dataset(rmd17_file(molecule, "train"), labels=labels)
     test = runtime.load_dataset(rmd17_file(molecule, "test"), labels=labels)
     grid = parse_sigma(sigmas)
-    result = {"molecule": molecule, "labels": labels, "n_atoms": train.n_atoms, "sigma_grid": grid}
+    options = {"lam": 1e-10, "symmetries": "auto", **(model_options or {})}
+    result = {"molecule": molecule, "labels": labels, "n_atoms": train.n_atoms, "sigma_grid": grid,
+              "model": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                        for k, v in options.items()}}
 
     # 1. sigma from a validation sweep on frames of the training file
     tr, va = np.arange(sweep_train), np.arange(sweep_train, sweep_train + sweep_valid)
     t0 = time.perf_counter()
-    sweep = runtime.GDML(sigma=grid, lam=1e-10, symmetries="auto").fit(
+    sweep = runtime.GDML(sigma=grid, **options).fit(
         train.R[tr], train.F[tr], train.E[tr], train.z, valid=(train.R[va], train.F[va], train.E[va]))
     result["sweep"] = {"n_train": int(sweep_train), "n_valid": int(sweep_valid),
                        "seconds": time.perf_counter() - t0, "steps": sweep.info["sigma_sweep"],
@@ -75,13 +80,14 @@ def run_case(molecule, labels, sigmas, sweep_train, sweep_valid, n_train, log):
     m = largest_m(train.n_atoms, min(n_train, len(train)))
     idx = np.arange(m)
     t0 = time.perf_counter()
-    model = runtime.GDML(sigma=result["sweep"]["sigma"], lam=1e-10, symmetries="auto")
+    model = runtime.GDML(sigma=result["sweep"]["sigma"], **options)
     model.fit(train.R[idx], train.F[idx], train.E[idx], train.z)
     fit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     errors = model.evaluate(test.R, test.F, test.E)
     result["final"] = {"n_train": int(m), "n_test": len(test), "sigma": model.sigma,
-                       "lam": model.lam_used, "n_perms": len(model.perms), "fit_seconds": fit_seconds,
+                       "lam": model.lam_used, "n_perms": len(model.perms), "local": model.local,
+                       "fit_seconds": fit_seconds, "stages": model.info.get("timings", {}),
                        "test_seconds": time.perf_counter() - t0, "test": errors,
                        "units": {"energy": test.energy_unit, "forces": f"{test.energy_unit}/{test.length_unit}"}}
     log(f"{molecule}/{labels}: M={m} sigma {model.sigma:g}: force MAE {errors['force_mae']:.4f}, "
@@ -96,6 +102,11 @@ def main(argv=None):
     parser.add_argument("--sweep-train", type=int, default=500)
     parser.add_argument("--sweep-valid", type=int, default=200)
     parser.add_argument("--n-train", type=int, default=1000)
+    parser.add_argument("--descriptor", default="inverse_distances", help="library name or FILE.py:func")
+    parser.add_argument("--kernel", default="matern52", help="library name or FILE.py:func")
+    parser.add_argument("--lam", type=float, default=1e-10)
+    parser.add_argument("--global", dest="global_kernel", action="store_true",
+                        help="a global kernel even for an atom-centred descriptor")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not DEFAULT_DATA_DIR.is_dir():
@@ -117,8 +128,10 @@ def main(argv=None):
     out = args.out or REPO / "benchmarks" / "results" / f"accuracy_{started:%Y-%m-%dT%H%M}.json"
     for case in args.cases:
         molecule, _, labels = case.partition(":")
+        options = {"descriptor": args.descriptor, "kernel": args.kernel, "lam": args.lam,
+                   **({"local": False} if args.global_kernel else {})}
         run["cases"].append(run_case(molecule, labels or "new", args.sigmas, args.sweep_train,
-                                     args.sweep_valid, args.n_train, log))
+                                     args.sweep_valid, args.n_train, log, options))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(run, indent=1))  # after every case: a crash keeps what was done
     log(f"wrote {out}")

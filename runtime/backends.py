@@ -140,8 +140,12 @@ class UnpreparedProduct:
         return self.backend.matvec_energy(*self.args, V, w)
 
 
-def make_backend(device, model, descriptor, kernel):
-    """The backend for a resolved device ('cpu' or 'cuda', see cuda_backend.resolve_device)."""
+def make_backend(device, model, descriptor, kernel, local=False):
+    """The backend for a resolved device ('cpu' or 'cuda', see cuda_backend.resolve_device);
+    ``local``: of a local model (runtime/local.py, CPU only)."""
+    if local:
+        from .local import LocalCpuBackend
+        return LocalCpuBackend(model)
     if device == "cuda":
         from .cuda_backend import CudaBackend
         return CudaBackend(descriptor, kernel, CpuBackend(model))

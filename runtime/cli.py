@@ -107,6 +107,12 @@ class CLIError(ValueError):
     """A mistake in the command line; printed as one line, exit code 2."""
 
 
+def _model_scope(model, no_sym) -> str:
+    if model.local:
+        return "local kernel: atoms of one element compared, no symmetry search"
+    return "no symmetries" if no_sym else "symmetries: auto"
+
+
 def cmd_train(args):
     start = time.perf_counter()
     data_path = Path(args.data) if args.data else DEFAULT_DATA
@@ -129,14 +135,14 @@ def cmd_train(args):
                      device=args.device, solver=args.solver, cg_tol=args.cg_tol, cg_maxiter=args.cg_maxiter,
                      preconditioner=args.preconditioner, checkpoint=checkpoint_path(out),
                      checkpoint_every=args.checkpoint_every, resume=args.resume, cluster=cluster,
-                     **hyper)
+                     local=False if args.global_kernel else None, **hyper)
         if args.energy_constraints and train.E is None:
             raise DatasetError(f"--energy-constraints needs energies, but {data_path} has none")
         if valid is None and len(model.sigma_grid) > 1:
             raise DatasetError("choosing sigma needs validation data: --n-valid > 0, --valid FILE, or one --sigma")
         print(f"model    {model.descriptor_dsl.name} x {model.kernel_dsl.name}, sigma grid "
               f"{', '.join(f'{s:g}' for s in model.sigma_grid)}, lambda {model.lam:g}, "
-              f"{'no symmetries' if args.no_sym else 'symmetries: auto'}"
+              f"{_model_scope(model, args.no_sym)}"
               f"{', energy constraints' if args.energy_constraints else ''}")
         print(f"split    train {len(train)}, validation {0 if valid is None else len(valid)}, "
               f"test {0 if test is None else len(test)}")
@@ -529,6 +535,9 @@ def build_parser():
                    help="a kernel hyperparameter besides sigma (repeatable)")
     p.add_argument("--lam", type=float, default=1e-10, help="regulariser lambda (default 1e-10)")
     p.add_argument("--no-sym", action="store_true", help="plain GDML: no permutational symmetries")
+    p.add_argument("--global", dest="global_kernel", action="store_true",
+                   help="a global kernel of the whole descriptor vector even for a descriptor with one vector per "
+                        "atom (acsf, fchl19, ...), which otherwise gives a local model comparing atoms")
     p.add_argument("--energy-constraints", action="store_true", help="joint energy+force training (sGDML's E_cstr)")
     _label_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random split")

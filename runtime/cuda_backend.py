@@ -50,7 +50,7 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-def resolve_device(device: str, energy_constraints=False, file=None) -> str:
+def resolve_device(device: str, energy_constraints=False, file=None, local=False) -> str:
     """'cpu' or 'cuda'; a 'cuda' request that cannot be met says so and gives 'cpu'."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -59,6 +59,8 @@ def resolve_device(device: str, energy_constraints=False, file=None) -> str:
     reason = cuda_unavailable_reason()
     if reason is None and energy_constraints:
         reason = "energy constraints are not implemented in the CUDA kernels yet"
+    if reason is None and local:
+        reason = "local models are not implemented in the CUDA kernels yet"
     if reason is not None:
         print(f"gdmlc: device 'cuda' requested but {reason}; using the CPU", file=file or sys.stderr)
         return "cpu"

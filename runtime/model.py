@@ -85,6 +85,10 @@ class GDML:
     from it (a checkpoint of another problem is refused; earlier sigmas of a sweep are redone).
     ``cluster``: a dask.distributed scheduler address or Client: CG's products run on its workers
     (runtime/distributed.py; solver "auto" or "cg"), everything else in this process.
+    ``local``: the local kernel k(x, x') = sum_ij [z_i = z'_j] k(d_i(x), d_j(x')) that compares atoms
+    (runtime/local.py); None (default): local exactly when the descriptor gives one feature vector
+    per atom (an atom-centred space: acsf, fchl19, ...); False: a global model of the whole
+    descriptor vector.  Local models need no symmetry search (``symmetries`` is not used).
 
     What training produces is one value, ``state`` (runtime/trained.py); its fields read as
     attributes (``model.sigma``, ``model.alpha``, ``model.z``, ...).
@@ -94,7 +98,7 @@ class GDML:
                  symmetries="auto", progress=True, energy_constraints=False, device="cpu", hyper=None,
                  on_stage=None, solver="auto", cg_tol=cg.DEFAULT_TOL, cg_maxiter=cg.DEFAULT_MAXITER,
                  preconditioner=DEFAULT_PRECONDITIONER, preconditioner_points=None, checkpoint=None,
-                 checkpoint_every=cg.DEFAULT_CHECKPOINT_SECONDS, resume=False, cluster=None):
+                 checkpoint_every=cg.DEFAULT_CHECKPOINT_SECONDS, resume=False, cluster=None, local=None):
         self.descriptor_dsl = resolve(descriptor, "descriptor")
         self.kernel_dsl = resolve(kernel, "kernel")
         self.lam = float(lam)
@@ -107,6 +111,7 @@ class GDML:
         self._set_solver(solver, cg_tol, cg_maxiter, preconditioner, preconditioner_points)
         self.checkpoint, self.checkpoint_every, self.resume = checkpoint, float(checkpoint_every), bool(resume)
         self.model = compile_model(self.descriptor_dsl, self.kernel_dsl)
+        self.local = self._locality(local, cluster)
         self.client = None if cluster is None else distributed.client_for(cluster, self.solver)
         self.sigma_grid = self._grid(sigma)
         if self.resume:
@@ -123,9 +128,28 @@ class GDML:
         """Train and predict on 'cpu' or 'cuda' (runtime/cuda_backend.py); a 'cuda' request
         that cannot be met prints why and keeps the CPU."""
         from . import cuda_backend
-        self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints)
-        self.backend = make_backend(self.device, self.model, self.descriptor_dsl, self.kernel_dsl)
+        self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints, local=self.local)
+        self.backend = make_backend(self.device, self.model, self.descriptor_dsl, self.kernel_dsl, local=self.local)
         return self
+
+    def _locality(self, local, cluster) -> bool:
+        """Whether this is a local model (see the class docstring), refused where it cannot be."""
+        if local is None:
+            local = self.model.can_be_local
+        if not local:
+            return False
+        self.model.require_local()
+        if cluster is not None:
+            raise ValueError("CG on a cluster is not available for local models yet: train without cluster=")
+        return True
+
+    def _row_writer(self, z):
+        """What writes the training matrix's block rows (runtime/assembly.py): the compiled model, or
+        for a local model its local blocks for atoms z."""
+        if not self.local:
+            return self.model
+        from .local import LocalRows
+        return LocalRows(self.model, z)
 
     def _set_solver(self, solver, cg_tol, cg_maxiter, preconditioner, preconditioner_points):
         if solver not in SOLVERS:
@@ -275,6 +299,8 @@ class GDML:
         fperms = self.model.feature_permutations(perms, n)
         with self._stage("descriptors"):
             D, JAC = self.backend.evaluate(R, z)
+        if self.local:
+            self.backend.elements = z  # the local blocks and products pair atoms of one element
         label_scale = rms(F - np.mean(F)) or 1.0  # np.std(F), without overflow
         # what every candidate shares; each sets alpha, B_train, sigma, lam and the energy constant
         base = TrainedState(z=z, R_train=R, perms=perms, alpha=None, D_train=D, B_train=None,
@@ -356,8 +382,15 @@ class GDML:
 
     def _permutations(self, R, z):
         n = R.shape[1]
+        identity = np.arange(n, dtype=np.int64)[None]
+        if self.local:  # invariant under permutations of like atoms by construction
+            if not isinstance(self.symmetries, (str, type(None), bool)) and \
+                    not np.array_equal(np.asarray(self.symmetries), identity):
+                raise ValueError("a local model compares atoms and is invariant under atom permutations by "
+                                 "construction: it takes no symmetries (pass symmetries='auto' or None)")
+            return identity
         if self.symmetries is None or self.symmetries is False:
-            return np.arange(n, dtype=np.int64)[None]
+            return identity
         if isinstance(self.symmetries, str):
             if self.symmetries != "auto":
                 raise ValueError(f"symmetries must be 'auto', None or an array, got {self.symmetries!r}")
@@ -394,7 +427,7 @@ class GDML:
         preconditioned CG (runtime/cg.py); lam escalates as in _solve on negative curvature."""
         D, n_atoms = base.D_train, base.n_atoms
         hyper = self._kernel_hyper(sigma)
-        columns = TrainingColumns(self.model, D, JAC, fperms, hyper, n_atoms, self.energy_constraints)
+        columns = TrainingColumns(self._row_writer(base.z), D, JAC, fperms, hyper, n_atoms, self.energy_constraints)
         rigid = cg.RigidModes(base.R_train, JAC, self.backend.contract, 3 * n_atoms * D.shape[0])
         lam = self.lam
         for attempt in range(MAX_JITTER_STEPS + 1):

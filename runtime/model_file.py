@@ -66,6 +66,7 @@ def save_model(model, path):
         "energy_constant": np.array(np.nan if state.energy_constant is None else state.energy_constant),
         "info": np.array(json.dumps(model.info, default=_jsonable)),
         "hyper": np.array(json.dumps({k: float(v) for k, v in model.hyper_values.items()})),
+        "kernel_scope": np.array("local" if model.local else "global"),
     }
     for kind, dsl in zip(KINDS, (model.descriptor_dsl, model.kernel_dsl)):
         arrays.update(function_arrays(dsl, kind))
@@ -572,7 +573,22 @@ def _checked_arrays(stored) -> dict:
     hyper = _json(stored, "hyper") if "hyper" in stored else {}  # absent: written before hyper= existed
     out["hyper"] = {_identifier(k, "a hyperparameter name"): _finite(v, f"hyperparameter {k}")
                     for k, v in _mapping(hyper, "'hyper'").items()}
+    out["local"] = _kernel_scope(stored, perms)
     return out
+
+
+def _kernel_scope(stored, perms) -> bool:
+    """Whether the file holds a local model ('kernel_scope'; absent: global, as every model written
+    before local kernels existed).  A local model has no permutations but the identity."""
+    if "kernel_scope" not in stored:
+        return False
+    scope = _text(stored, "kernel_scope")
+    if scope not in ("local", "global"):
+        raise ModelFileError(f"'kernel_scope' must be 'local' or 'global', got {scope[:40]!r}")
+    if scope == "local" and not np.array_equal(perms, np.arange(perms.shape[1])[None]):
+        raise ModelFileError(f"a local model has no symmetries: 'perms' must be the identity alone, but it holds "
+                             f"{len(perms)} permutation(s)")
+    return scope == "local"
 
 
 def _channels(descriptor) -> int:
@@ -597,7 +613,7 @@ def _build_model(cls, arrays, descriptor, kernel):
     _check_features(arrays, descriptor)
     try:
         model = cls(descriptor, kernel, sigma=arrays["sigma"], lam=arrays["lam"], symmetries=arrays["perms"],
-                    progress=False, hyper=arrays["hyper"])
+                    progress=False, hyper=arrays["hyper"], local=arrays["local"])
         fperms = model.model.feature_permutations(arrays["perms"], len(arrays["z"]))
     except (DSLError, CompileError, ValueError, TypeError) as exc:
         raise ModelFileError(f"the stored descriptor and kernel do not compile: {exc}") from None

@@ -51,11 +51,13 @@ def _same(a, b) -> bool:
 class PermutedTraining:
     """What prediction reads: the training descriptors DT and coefficients BT permuted by
     every symmetry (M * P, F each), the energy weights WT of each permuted copy (None for a
-    forces-only model) and the kernel's hyperparameter array."""
+    forces-only model), the kernel's hyperparameter array and the training atoms' elements z
+    (a local model pairs atoms of one element)."""
     DT: np.ndarray
     BT: np.ndarray
     WT: np.ndarray | None
     hyper: np.ndarray
+    z: np.ndarray | None = None
 
     @classmethod
     def of(cls, state: TrainedState, fperms, hyper):
@@ -65,4 +67,4 @@ class PermutedTraining:
         # the symmetric kernel sums over permuted copies: each copy carries its geometry's weight
         WT = (None if state.energy_weights is None
               else np.repeat(np.asarray(state.energy_weights, np.float64), len(fperms)))
-        return cls(DT, BT, WT, hyper)
+        return cls(DT, BT, WT, hyper, np.asarray(state.z, dtype=np.float64))

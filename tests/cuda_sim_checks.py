@@ -147,7 +147,7 @@ def model_checks(out):
 
     # a combination of descriptors: its features come from the parts' CPU kernels, the rest runs on the device
     both = combine(two_channel_density, angular_blocks, name="density_angular")
-    combined = {device: runtime.GDML(both, "matern52", sigma=1.5, lam=1e-4, symmetries=perms, progress=False,
+    combined = {device: runtime.GDML(both, "matern52", sigma=1.5, lam=1e-4, symmetries=perms, progress=False, local=False,
                                      device=device) for device in ("cpu", "cuda")}
     for model in combined.values():
         model.fit(R[:m], F[:m], E[:m], z)

@@ -31,7 +31,8 @@ def ethanol():
 def trained(ethanol, descriptor, kernel, sigma, energy_constraints=False, symmetries=None, m=10, **hyper):
     R, F, E, z = ethanol
     model = GDML(descriptor=descriptor, kernel=kernel, sigma=sigma, energy_constraints=energy_constraints,
-                 symmetries=symmetries, hyper=hyper or None, progress=False)
+                 symmetries=symmetries, hyper=hyper or None, progress=False,
+                 local=False)  # global models; the local ones: tests/test_local.py
     return model.fit(R[:m], F[:m], E[:m], z=z)
 
 

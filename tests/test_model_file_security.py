@@ -38,7 +38,7 @@ def ds():
 @pytest.fixture(scope="module")
 def model(ds):
     """Library descriptor with names in its decorator (radial_g2), energies as constraints."""
-    return runtime.GDML("radial_g2", "matern52", sigma=SIGMA, progress=False, energy_constraints=True).fit(
+    return runtime.GDML("radial_g2", "matern52", sigma=SIGMA, progress=False, energy_constraints=True, local=False).fit(
         ds.R[TRAIN], ds.F[TRAIN], ds.E[TRAIN], ds.z)
 
 

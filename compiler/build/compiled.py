@@ -106,6 +106,20 @@ class CompiledDescriptor:
             np.add.at(dense[frame], (rows, atoms.ravel()), JAC[frame].reshape(F * K, 3))
         return dense[0] if single else dense
 
+    def site_jacobians(self, JAC, n_atoms) -> "SiteJacobians":
+        """Dense per-atom Jacobians (M, N, F_site, 3N) from sparse ones JAC (M, N F_site, K, 3) of an
+        atom-centred descriptor, with their nonzero rows: what a local kernel's blocks read."""
+        m, n_features = JAC.shape[0], JAC.shape[1]
+        atoms = self.atom_table(n_atoms)
+        dense = np.zeros((m, n_features, n_atoms, 3))
+        if all(len(set(row)) == len(row) for row in atoms.tolist()):  # no atom twice in a row: plain assignment
+            dense[:, np.arange(n_features)[:, None], atoms] = JAC
+        else:
+            for frame in range(m):
+                np.add.at(dense[frame], (np.repeat(np.arange(n_features), atoms.shape[1]), atoms.ravel()),
+                          JAC[frame].reshape(-1, 3))
+        return SiteJacobians(dense.reshape(m, n_atoms, n_features // n_atoms, 3 * n_atoms))
+
     def add_curvature(self, R, z, W, H):
         """H (3N, 3N) += sum_f W[f] d2 D_f / dx2 at one geometry R (N, 3), term by term."""
         n = R.shape[0]
@@ -127,6 +141,18 @@ class CompiledDescriptor:
 
 
 # --------------------------------------------------------------------------- kernel
+
+class SiteJacobians:
+    """Dense per-atom Jacobians ``dense`` (M, N, F, 3N) and, per atom, the rows that are not all
+    zero: ``rows[m, i, :counts[m, i]]`` (features of absent elements have zero rows)."""
+
+    def __init__(self, dense):
+        self.dense = dense
+        nonzero = (dense != 0.0).any(axis=3)
+        self.counts = nonzero.sum(axis=2).astype(np.int64)
+        order = np.argsort(~nonzero, axis=2, kind="stable")  # nonzero rows first, in feature order
+        self.rows = np.ascontiguousarray(order.astype(np.int64))
+
 
 class CompiledKernel:
     """Base kernel k(d, dp) = g(s, t) and its descriptor-space derivatives."""
@@ -259,6 +285,53 @@ class CompiledModel:
         block = jax_reference.force_block_function(self.descriptor.jax_function(), self.kernel.jax_function())
         return block(np.asarray(x, float), np.asarray(xp, float), [p.tolist() for p in perms], z, h)
 
+    # Local kernels: k(x, x') = sum_ij [z_i = z'_j] k(d_i(x), d_j(x')) over atom-centred sites ----
+    @property
+    def can_be_local(self) -> bool:
+        """Whether the descriptor gives one feature vector per atom (an atom-centred space)."""
+        return bool(self.descriptor.over.atom_centred)
+
+    def require_local(self):
+        if not self.can_be_local:
+            raise ValueError(f"a local kernel compares atoms, but descriptor {self.descriptor.name} is over "
+                             f"{self.descriptor.over}, which has no feature vector per atom: use an atom-centred "
+                             "descriptor (over neighbours or neighbour_pairs) or a global model")
+
+    def local_force_block(self, x, xp, z, zp, **hyper):
+        """C(x, x') = grad_x grad_x'^T sum_ij [z_i = z'_j] k(d_i(x), d_j(x')), shape (3N, 3N');
+        x and x' may have different atoms."""
+        self.require_local()
+        h = self.kernel.hyper(**hyper)
+        x, xp = _single(x, "x"), _single(xp, "xp")
+        checks.geometries(x, "x")
+        checks.geometries(xp, "xp")
+        (D, JAC, _), (Dp, JACp, _) = self.descriptor.evaluate(x, z), self.descriptor.evaluate(xp, zp)
+        n, n_p = x.shape[0], xp.shape[0]
+        jd, jdp = self.descriptor.site_jacobians(JAC, n), self.descriptor.site_jacobians(JACp, n_p)
+        out = np.empty((3 * n, 3 * n_p))
+        work = np.empty(self.module.local_work_size(jd.dense.shape[2], 3 * n, 3 * n_p))
+        self.module.local_force_block(D[0], jd.dense[0], jd.rows[0], jd.counts[0], self.descriptor._z(z, n),
+                                      Dp[0], jdp.dense[0], jdp.rows[0], jdp.counts[0], self.descriptor._z(zp, n_p),
+                                      h, out, work)
+        return out
+
+    def jax_local_force_block(self, x, xp, z, zp, **hyper):
+        """The same block by JAX AD of the JAX lowering (the test reference)."""
+        self.require_local()
+        h = dict(zip(self.kernel.hyper_names, self.kernel.hyper(**hyper)))
+        block = jax_reference.local_force_block_function(self.descriptor.jax_function(), self.kernel.jax_function())
+        return block(np.asarray(x, float), np.asarray(xp, float), z, zp, h)
+
+    def assemble_local_energy_rows(self, D, JD: SiteJacobians, zs, hyper, K, n_atoms):
+        """The energy rows and columns of a local model's joint energy+force matrix (upper triangle)."""
+        self.module.assemble_local_energy_rows(D, JD.dense, np.asarray(zs, np.float64), hyper, K, n_atoms)
+
+    def assemble_local_rows(self, D, JD: SiteJacobians, zs, hyper, K, rows, n_atoms, mirror=True):
+        """Local-kernel training-matrix block rows ``rows`` (upper triangle, and mirrored) into K;
+        every geometry has the atoms' elements zs; JD: site_jacobians of the geometries."""
+        self.module.assemble_local_rows(D, JD.dense, JD.rows, JD.counts, np.asarray(zs, np.float64), hyper, K,
+                                        np.asarray(rows, np.int64), n_atoms, mirror)
+
     # Building blocks for the runtime -----------------------------------------
     def assemble_rows(self, D, JAC, fperms, hyper, K, rows, n_atoms, mirror=True):
         """Write training-matrix block rows ``rows`` (upper triangle, and mirrored) into K."""
@@ -297,10 +370,11 @@ class CompiledModel:
         self.module.predict(DQ, JACQ, self.descriptor.atom_table(n_atoms), DT, BT, hyper, E, F)
         return E, F
 
-    def predict_energy_weights(self, DQ, JACQ, DT, WT, hyper, E, F):
-        """E, F += the energy-coefficient terms of a joint energy+force model (in place)."""
-        self.module.predict_energy_weights(DQ, JACQ, self.descriptor.atom_table(F.shape[1]), DT, WT,
-                                           hyper, E, F)
+    def predict_energy_weights(self, DQ, JACQ, DT, WT, hyper, E, F, atoms=None):
+        """E, F += the energy-coefficient terms of a joint energy+force model (in place).  ``atoms``:
+        the atom table of JACQ's rows (default: the whole molecule's; a local model passes one atom's)."""
+        atoms = self.descriptor.atom_table(F.shape[1]) if atoms is None else atoms
+        self.module.predict_energy_weights(DQ, JACQ, atoms, DT, WT, hyper, E, F)
 
     # Hessian prediction (runtime/hessian.py sums the columns) --------------------
     @property

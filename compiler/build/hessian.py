@@ -120,20 +120,36 @@ def predict_hessians(model, R3, z, D, JAC, DT, BT, WT, hyper, side=None) -> np.n
 
 def _hessian_one(model, layout, x, z, d, jac, side, CT):
     """One geometry's Hessian from its coefficients CT (columns, MP)."""
-    basis = _Basis(d, side)
     n3 = 3 * x.shape[0]
-    J = _dense_jacobian(model, jac, len(d), n3)
+    H, gradient = hessian_terms(layout, d, _dense_jacobian(model, jac, len(d), n3),
+                                lambda columns, name=None: _projected(model, columns, jac, n3, name), side, CT)
+    model.descriptor.add_curvature(x, z, gradient, H)
+    return H
+
+
+def hessian_terms(layout, d, J, project, side, CT):
+    """(J^T (d2E/dd2) J (3N, 3N), dE/dd (F,)) of the energy sum whose coefficients are CT (columns,
+    MP) at the descriptor vector d with Jacobian J (F, 3N); ``project(columns, name)``: J^T columns
+    (3N, MP).  The descriptor's own curvature is the caller's (it weights it by dE/dd)."""
+    basis = _Basis(d, side)
+    n3 = J.shape[1]
     in_descriptor_space = descriptor_space_is_cheaper(layout, len(d), n3)
     # each basis vector as columns over training points, in descriptor space (F) or projected to
     # atom space (J^T w: 3N)
-    columns = {b: basis[b] if in_descriptor_space else _projected(model, basis[b], jac, n3, b)
-               for b in layout.projected}
+    columns = {b: basis[b] if in_descriptor_space else project(basis[b], b) for b in layout.projected}
     total = _rank_one_sum(layout, CT, columns, len(d) if in_descriptor_space else n3)
     H = J.T @ total @ J if in_descriptor_space else total
     if layout.identity is not None:
         H += CT[layout.identity].sum() * (J.T @ J)
-    model.descriptor.add_curvature(x, z, energy_gradient(layout, CT, basis), H)
-    return H
+    return H, energy_gradient(layout, CT, basis)
+
+
+def site_hessian(model, d, J, project, side, hyper):
+    """hessian_terms of one descriptor vector d (F,) against ``side``'s training rows (a local
+    model's atom: runtime/local.py), its coefficients from the generated hessian_coefficients."""
+    C = thread_scratch("hessian_coefficients", (side.n_rows, len(model.hessian_columns)))
+    model.hessian_coefficients(d, side.DT, side.BT, side.WT, hyper, C)
+    return hessian_terms(ColumnLayout.of(model.hessian_columns), d, J, project, side, np.ascontiguousarray(C.T))
 
 
 def _rank_one_sum(layout, CT, columns, size):

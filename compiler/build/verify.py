@@ -92,6 +92,10 @@ def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None, notes=None):
         if desc.maps_atom_permutations:
             track("force block, symmetric (2 permutations)", model.force_block(x, xp, perms, z=z, **hyper),
                   model.jax_force_block(x, xp, perms, z=z, **hyper))
+        if model.can_be_local:  # against a geometry with one atom fewer, its elements in another order
+            zs = rng.permutation(z[:-1])
+            track("local force block (different atoms)", model.local_force_block(x, xp[:-1], z, zs, **hyper),
+                  model.jax_local_force_block(x, xp[:-1], z, zs, **hyper))
         W = rng.normal(size=d.shape)
         curvature = np.zeros((3 * n_atoms, 3 * n_atoms))
         desc.add_curvature(x, z, W, curvature)

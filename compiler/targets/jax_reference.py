@@ -127,6 +127,24 @@ def force_block_function(descriptor, kernel):
     return block
 
 
+def local_force_block_function(descriptor, kernel):
+    """C(x, x') of the local kernel sum_ij [z_i = z'_j] k(d_i(x), d_j(x')) by JAX AD (forward over
+    forward, as force_block_function); x and x' may have different atoms."""
+    jax, jnp = _jax()
+
+    def energy_kernel(x, xp, z, zp, hyper):
+        sites, sites_p = descriptor(x, z).reshape(len(z), -1), descriptor(xp, zp).reshape(len(zp), -1)
+        pairs = [(i, j) for i in range(len(z)) for j in range(len(zp)) if z[i] == zp[j]]
+        return sum(kernel(sites[i], sites_p[j], **hyper) for i, j in pairs)
+
+    def block(x, xp, z, zp, hyper):
+        z, zp = [float(v) for v in z], [float(v) for v in zp]
+        C = jax.jacfwd(jax.jacfwd(energy_kernel, argnums=0), argnums=1)(jnp.asarray(x), jnp.asarray(xp), z, zp, hyper)
+        return np.asarray(C).reshape(3 * len(z), 3 * len(zp))
+
+    return block
+
+
 def prediction_energy_function(descriptor, kernel, DT, BT, WT=None, hyper=None):
     """E(R, z=None) = sum_m [-grad_dp k(D(R), dt_m) . bt_m + w_m k(D(R), dt_m)]: a trained
     model's energy (unscaled, no constant) from the training rows DT, BT (MP, F) and energy

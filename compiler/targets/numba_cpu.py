@@ -240,87 +240,198 @@ def work_size(prog: KernelProgram) -> list:
             f"    return (n_features + {len(right_vectors(prog))}) * n3", "", ""]
 
 
-def force_block_parts(prog: KernelProgram) -> list:
+def pair_accumulation(prog: KernelProgram, indent: str, partner: str) -> list:
+    """Lines adding one pair's H(d, dp) J' to A (F, 3N'): H = c I + rank-one terms, with the rank-one
+    terms folded in as the descriptor-space left vector u (per feature) times the atom-space right
+    vector J'^T w.  Names read: d, dp, jacp (F, K', 3) with its atom table atomsp, A, n_features,
+    hyper, and one scratch vector (3N') per right vector.  ``partner``: the row of dp and jacp that
+    pairs with d's feature f ("perm[f]" for a permuted copy of x', "f" for an atom's site)."""
     structure = prog.structure
     terms = rank_one_terms(structure.hessian)
-    # the rank-one terms coef u w^T are folded into A: the descriptor-space left vector u
-    # (delta or dp_P, per feature) times the atom-space right vector J'_P^T w
     right = right_vectors(prog)
     left_value = {"u_delta": "diff", "u_dp": "b", "u_d": "d[f]"}
     # which descriptor-space vector each atom-space right vector contracts, per feature f
     contracted = {"w_delta": "diff", "w_d": "d[f]", "w_dp": "b"}
-    identity = spell_term(structure.hessian.identity, STYLE)
+    i1, i2 = indent + "    ", indent + "        "
+    L = [*pair_reductions(indent, f"dp[{partner}]"),
+         f"{indent}{partials_tuple(prog)} = kernel_coefficients(s, t, hyper)",
+         f"{indent}c_identity = {spell_term(structure.hessian.identity, STYLE)}"]
+    L += [f"{indent}{v}[:] = 0.0" for v in right]
+    L += [f"{indent}for f in range(n_features):",
+          f"{i1}g = {partner}",
+          *([f"{i1}b = dp[g]", f"{i1}diff = d[f] - b"] if right else []),
+          f"{i1}# row f of A gains c times row g of J', scattered through its atom table",
+          f"{i1}for l in range(atomsp.shape[1]):",
+          f"{i2}b3 = 3 * atomsp[g, l]"]
+    L += [f"{i2}A[f, b3 + {c}] += c_identity * jacp[g, l, {c}]" for c in range(3)]
+    for v in right:
+        L += [f"{i2}{v}[b3 + {c}] += jacp[g, l, {c}] * {contracted[v]}" for c in range(3)]
+    if terms:
+        L += [f"{indent}# rank-one terms: row f of A gains coef u[f] times the right vectors",
+              f"{indent}for f in range(n_features):",
+              f"{i1}b = dp[{partner}]",
+              f"{i1}diff = d[f] - b",
+              f"{i1}a_row = A[f]  # 1-D views: Numba vectorises these loops, not 2-D indexing"]
+        L += [f"{i1}x{n} = {spell_term(coef * ir.var(u), STYLE, left_value)}" for n, (coef, u, _) in enumerate(terms)]
+        update = " + ".join(f"x{n} * {w}[col]" for n, (_, _, w) in enumerate(terms))
+        L += [f"{i1}for col in range(A.shape[1]):",
+              f"{i2}a_row[col] += {update}"]
+    return L
+
+
+def right_vector_views(prog: KernelProgram, rows: str) -> list:
+    """The right vectors' scratch (3N' each) in ``work``, after the A of ``rows`` rows."""
+    return [f"    {v} = work[({rows} + {k}) * n3p:({rows} + {k + 1}) * n3p]" for k, v in enumerate(right_vectors(prog))]
+
+
+def project_accumulated(A: str) -> list:
+    """out = J^T A for the x side's sparse Jacobian (jac, atoms)."""
+    return ["    # out = J^T A: every nonzero of J adds a multiple of a row of A",
+            "    out[:, :] = 0.0",
+            "    for f in range(atoms.shape[0]):",
+            f"        a_row = {A}[f]",
+            "        for k in range(atoms.shape[1]):",
+            "            a3 = 3 * atoms[f, k]",
+            "            for c in range(3):",
+            "                x = jac[f, k, c]",
+            "                row = out[a3 + c]",
+            "                for col in range(n3p):",
+            "                    row[col] += x * a_row[col]",
+            "", ""]
+
+
+def force_block_parts(prog: KernelProgram) -> list:
+    terms = rank_one_terms(prog.structure.hessian)
     L = [NJIT, "def force_block_parts(d, jac, dp, jacp, atoms, fperms, hyper, out, work):",
          '    """out (3N, 3N) = sum over permutations P of J(x)^T H(d, dp_P) J(x\'_P),',
          "    H = d2k/dd ddp^T = c_P I + rank-one terms; J sparse (F, K, 3) with atom table atoms",
          "    (F, K); dp_P = dp[fperms[p]], J(x'_P) = jacp[fperms[p]]; work: work_size(F, 3N).",
-         f"    Structure found in the kernel: c_P = {identity}; rank-one terms:",
+         f"    Structure found in the kernel: c_P = {spell_term(prog.structure.hessian.identity, STYLE)}; rank-one terms:",
          f"    {describe_terms(terms)}.",
          "    Summed over P in descriptor space first: out = J^T A with",
          "    A = sum_P (c_P J'_P + sum_terms coef u (J'_P^T w)^T) (F, 3N), so that the one",
          '    expensive product is long contiguous rows (vectorised)."""',
-         "    n_features, n_slots = atoms.shape",
-         "    n3 = out.shape[0]",
-         "    n_perms = fperms.shape[0]",
-         "    A = work[:n_features * n3].reshape((n_features, n3))",
-         "    A[:, :] = 0.0"]
-    for k, v in enumerate(right):
-        L += [f"    {v} = work[(n_features + {k}) * n3:(n_features + {k + 1}) * n3]"]
-    L += ["    for p in range(n_perms):",
-          "        perm = fperms[p]",
-          *pair_reductions("        ", "dp[perm[f]]"),
-          f"        {partials_tuple(prog)} = kernel_coefficients(s, t, hyper)",
-          f"        c_identity = {identity}"]
-    L += [f"        {v}[:] = 0.0" for v in right]
-    L += ["        for f in range(n_features):",
-          "            g = perm[f]",
-          *(["            b = dp[g]", "            diff = d[f] - b"] if right else []),
-          "            # row f of A gains c_P times row g of J', scattered through its atom table",
-          "            for l in range(n_slots):",
-          "                b3 = 3 * atoms[g, l]"]
-    L += [f"                A[f, b3 + {c}] += c_identity * jacp[g, l, {c}]" for c in range(3)]
-    for v in right:
-        L += [f"                {v}[b3 + {c}] += jacp[g, l, {c}] * {contracted[v]}" for c in range(3)]
+         "    n_features = atoms.shape[0]",
+         "    n3p = out.shape[1]",
+         "    atomsp = atoms  # x' has the same atoms",
+         "    A = work[:n_features * n3p].reshape((n_features, n3p))",
+         "    A[:, :] = 0.0",
+         *right_vector_views(prog, "n_features"),
+         "    for p in range(fperms.shape[0]):",
+         "        perm = fperms[p]",
+         *pair_accumulation(prog, "        ", "perm[f]")]
+    return L + project_accumulated("A")
+
+
+# atom-space vectors of the local block's rank-one terms: J^T of which descriptor-space vector
+ATOM_SPACE_OF = {"u_delta": "diff", "u_d": "d[f]", "u_dp": "dp[f]", "w_delta": "diff", "w_d": "d[f]", "w_dp": "dp[f]"}
+
+
+def local_work_size(prog: KernelProgram) -> list:
+    terms = rank_one_terms(prog.structure.hessian)
+    left, right = sorted({u for _, u, _ in terms}), sorted({w for _, _, w in terms})
+    return [NJIT, "def local_work_size(n_features, n3, n3p):",
+            f'    """Scratch doubles local_force_block needs: G (F, 3N\'), {", ".join(left + right) or "nothing else"}."""',
+            f"    return n_features * n3p + {len(left)} * n3 + {len(right)} * n3p", "", ""]
+
+
+def local_force_block(prog: KernelProgram) -> list:
+    """The force block of a local kernel (runtime/local.py), over dense site Jacobians."""
+    structure = prog.structure
+    terms = rank_one_terms(structure.hessian)
+    left, right = sorted({u for _, u, _ in terms}), sorted({w for _, _, w in terms})
+    L = [NJIT, "def local_force_block(d_all, jd, rows, counts, zs, dp_all, jdp, rowsp, countsp, zsp, hyper, out, work):",
+         '    """out (3N, 3N\') = sum over atom pairs (i, j) of one element (zs[i] == zsp[j]) of',
+         "    J_i^T H(d_i, dp_j) J'_j: the local kernel k = sum_ij [z_i = z'_j] k(d_i, d'_j).",
+         "    d_all (N F): atom i's F features at i F; jd (N, F, 3N): atom i's features' Jacobian, dense",
+         "    (CompiledDescriptor.site_jacobians) whose nonzero rows are rows[i, :counts[i]] (about half of",
+         "    FCHL19's: features of absent elements); likewise for x' (its own atom count);",
+         "    work: local_work_size(F, 3N, 3N').",
+         f"    Structure found in the kernel: H = c I + rank-one terms {describe_terms(terms)}, so",
+         "    out = sum_i J_i^T G_i with G_i = sum_j c_ij J'_j (one vectorised row update per feature), plus",
+         "    per pair the rank-one terms in atom space, coef (J_i^T u)(J'_j^T w)^T.  Only nonzero rows of",
+         '    the Jacobians are visited, and zero entries of J_i are skipped."""',
+         "    n_features = jd.shape[1]",
+         "    n3, n3p = jd.shape[2], jdp.shape[2]",
+         "    G = work[:n_features * n3p].reshape((n_features, n3p))"]
+    offset = "n_features * n3p"
+    for v in left + right:
+        size = "n3" if v in left else "n3p"
+        L += [f"    {v} = work[{offset}:{offset} + {size}]"]
+        offset += f" + {size}"
+    L += ["    out[:, :] = 0.0",
+          "    for i in range(zs.shape[0]):",
+          "        d = d_all[i * n_features:(i + 1) * n_features]",
+          "        ji = jd[i]",
+          "        nonzero = rows[i, :counts[i]]",
+          "        G[:, :] = 0.0",
+          "        paired = False",
+          "        for j in range(zsp.shape[0]):",
+          "            if zs[i] != zsp[j]:",
+          "                continue",
+          "            paired = True",
+          "            dp = dp_all[j * n_features:(j + 1) * n_features]",
+          "            jj = jdp[j]",
+          "            nonzero_p = rowsp[j, :countsp[j]]",
+          *pair_reductions("            "),
+          f"            {partials_tuple(prog)} = kernel_coefficients(s, t, hyper)",
+          f"            c_identity = {spell_term(structure.hessian.identity, STYLE)}",
+          "            for f in nonzero_p:",
+          "                g_row = G[f]  # 1-D views: Numba vectorises these loops, not 2-D indexing",
+          "                j_row = jj[f]",
+          "                for col in range(n3p):",
+          "                    g_row[col] += c_identity * j_row[col]"]
     if terms:
-        L += ["        # rank-one terms: row f of A gains coef u[f] times the right vectors",
-              "        for f in range(n_features):",
-              "            b = dp[perm[f]]",
-              "            diff = d[f] - b",
-              "            a_row = A[f]  # 1-D views: Numba vectorises these loops, not 2-D indexing"]
-        L += [f"            x{n} = {spell_term(coef * ir.var(u), STYLE, left_value)}"
-              for n, (coef, u, _) in enumerate(terms)]
-        update = " + ".join(f"x{n} * {w}[col]" for n, (_, _, w) in enumerate(terms))
-        L += ["            for col in range(n3):",
-              f"                a_row[col] += {update}"]
-    L += ["    # out = J^T A: every nonzero of J adds a multiple of a row of A",
-          "    out[:, :] = 0.0",
-          "    for f in range(n_features):",
-          "        a_row = A[f]",
-          "        for k in range(n_slots):",
-          "            a3 = 3 * atoms[f, k]",
-          "            for c in range(3):",
-          "                x = jac[f, k, c]",
-          "                row = out[a3 + c]",
-          "                for col in range(n3):",
-          "                    row[col] += x * a_row[col]",
+        L += ["            # rank-one terms, in atom space: J_i^T u and J'_j^T w"]
+        L += [f"            {v}[:] = 0.0" for v in left + right]
+        for v, side, row, size in [(v, "nonzero", "ji", "n3") for v in left] + [(v, "nonzero_p", "jj", "n3p")
+                                                                                  for v in right]:
+            L += [f"            for f in {side}:",
+                  f"                x = {ATOM_SPACE_OF[v]}".replace("diff", "(d[f] - dp[f])"),
+                  f"                {row}_f = {row}[f]",
+                  f"                for a in range({size}):",
+                  f"                    {v}[a] += {row}_f[a] * x"]
+        L += [f"            x{n} = {spell_term(coef, STYLE)}" for n, (coef, _, _) in enumerate(terms)]
+        L += ["            for a in range(n3):",
+              "                out_row = out[a]"]
+        L += [f"                y{n} = x{n} * {u}[a]" for n, (_, u, _) in enumerate(terms)]
+        update = " + ".join(f"y{n} * {w}[b]" for n, (_, _, w) in enumerate(terms))
+        L += ["                for b in range(n3p):",
+              f"                    out_row[b] += {update}"]
+    L += ["        if not paired:",
+          "            continue",
+          "        # out += J_i^T G_i, skipping the zero entries of J_i",
+          "        for f in nonzero:",
+          "            i_row = ji[f]",
+          "            g_row = G[f]",
+          "            for a in range(n3):",
+          "                x = i_row[a]",
+          "                if x != 0.0:",
+          "                    out_row = out[a]",
+          "                    for b in range(n3p):",
+          "                        out_row[b] += x * g_row[b]",
           "", ""]
     return L
 
 
-def assemble_rows(prog: KernelProgram) -> list:
-    return [NJIT_PARALLEL, "def assemble_rows(D, JAC, atoms, fperms, hyper, K, rows, n_atoms, mirror):",
-            '    """Training-matrix blocks (i, j >= i) for the block rows listed in `rows`, in',
-            "    parallel; each block is computed once and, with `mirror`, also written transposed.",
-            "    Force rows come first in K; energy rows (if any) follow them, see assemble_energy_rows.",
-            '    Callers interleave long and short rows in `rows` so threads get equal work."""',
+def block_row_assembly(name: str, args: str, block_call: str, doc: str, work: str = "work_size(D.shape[1], n3)") -> list:
+    """A parallel assembly of training-matrix block rows (i, j >= i) for the rows listed in `rows`,
+    each block from ``block_call`` (into `block`, with scratch `work`) and, with `mirror`, also
+    written transposed."""
+    return [NJIT_PARALLEL, f"def {name}({args}):",
+            f'    """{doc}',
+            "    Blocks (i, j >= i) for the block rows listed in `rows`, in parallel; each block is computed",
+            "    once and, with `mirror`, also written transposed.  Force rows come first in K; energy rows",
+            "    (if any) follow them, see assemble_energy_rows.  Callers interleave long and short rows in",
+            '    `rows` so threads get equal work."""',
             "    M = D.shape[0]",
             "    n3 = 3 * n_atoms",
             "    for r in prange(rows.shape[0]):",
             "        i = rows[r]",
             "        block = np.empty((n3, n3))",
-            "        work = np.empty(work_size(D.shape[1], n3))",
+            f"        work = np.empty({work})",
             "        for j in range(i, M):",
-            "            force_block_parts(D[i], JAC[i], D[j], JAC[j], atoms, fperms, hyper, block, work)",
+            f"            {block_call}",
             "            # explicit loops: Numba's 2-D slice assignment costs more than the copy itself",
             "            for a in range(n3):",
             "                K_row = K[i * n3 + a]",
@@ -332,6 +443,22 @@ def assemble_rows(prog: KernelProgram) -> list:
             "                    for a in range(n3):",
             "                        K_row[i * n3 + a] = block[a, b]",
             "", ""]
+
+
+def assemble_rows(prog: KernelProgram) -> list:
+    return block_row_assembly(
+        "assemble_rows", "D, JAC, atoms, fperms, hyper, K, rows, n_atoms, mirror",
+        "force_block_parts(D[i], JAC[i], D[j], JAC[j], atoms, fperms, hyper, block, work)",
+        "Training-matrix blocks of the global kernel summed over the permutations fperms.")
+
+
+def assemble_local_rows(prog: KernelProgram) -> list:
+    return block_row_assembly(
+        "assemble_local_rows", "D, JD, ROWS, COUNTS, zs, hyper, K, rows, n_atoms, mirror",
+        "local_force_block(D[i], JD[i], ROWS[i], COUNTS[i], zs, D[j], JD[j], ROWS[j], COUNTS[j], zs, hyper, block, work)",
+        "Training-matrix blocks of the local kernel, every geometry with the atoms' elements zs\n"
+        "    and dense site Jacobians JD (M, N, F, 3N) with their nonzero rows ROWS, COUNTS.",
+        work="local_work_size(JD.shape[2], n3, n3)")
 
 
 def add_forces(prog: KernelProgram) -> list:
@@ -622,9 +749,47 @@ def energy_force_blocks(prog: KernelProgram) -> list:
             "", ""]
 
 
-def assemble_energy_rows(prog: KernelProgram) -> list:
-    return [NJIT_PARALLEL, "def assemble_energy_rows(D, JAC, atoms, fperms, hyper, K, n_atoms):",
-            '    """Energy parts of the joint energy+force training matrix (sGDML\'s E_cstr), upper',
+def local_energy_force_blocks(prog: KernelProgram) -> list:
+    structure = prog.structure
+    return [NJIT, "def local_energy_force_blocks(d_all, jd, zs, dp_all, jdp, zsp, hyper, grad_x, grad_xp):",
+            '    """The local kernel k(x, x\') = sum_ij [z_i = z\'_j] k(d_i, d\'_j) and its gradients grad_x (3N,),',
+            "    grad_xp (3N') over dense site Jacobians (local_force_block's arguments); the energy-force",
+            '    covariances are -grad."""',
+            "    n_features = jd.shape[1]",
+            "    n3, n3p = jd.shape[2], jdp.shape[2]",
+            "    grad_x[:] = 0.0",
+            "    grad_xp[:] = 0.0",
+            "    total = 0.0",
+            "    for i in range(zs.shape[0]):",
+            "        d = d_all[i * n_features:(i + 1) * n_features]",
+            "        ji = jd[i]",
+            "        for j in range(zsp.shape[0]):",
+            "            if zs[i] != zsp[j]:",
+            "                continue",
+            "            dp = dp_all[j * n_features:(j + 1) * n_features]",
+            "            jj = jdp[j]",
+            *pair_reductions("            "),
+            "            total += kernel_value(s, t, hyper)",
+            f"            {partials_tuple(prog)} = kernel_coefficients(s, t, hyper)",
+            "            for f in range(n_features):",
+            f"                gx = {spell_along(structure.grad_d, SAME_FEATURE)}",
+            f"                gxp = {spell_along(structure.grad_dp, SAME_FEATURE)}",
+            "                i_row = ji[f]",
+            "                j_row = jj[f]",
+            "                for a in range(n3):",
+            "                    grad_x[a] += i_row[a] * gx",
+            "                for b in range(n3p):",
+            "                    grad_xp[b] += j_row[b] * gxp",
+            "    return total",
+            "", ""]
+
+
+def energy_row_assembly(name: str, args: str, block_call: str, doc: str) -> list:
+    """The energy rows and columns of a joint energy+force training matrix, each pair's energy
+    k and gradient from ``block_call``."""
+    return [NJIT_PARALLEL, f"def {name}({args}):",
+            f'    """{doc}',
+            "    Energy parts of the joint energy+force training matrix (sGDML\'s E_cstr), upper",
             "    triangle: K[force rows of i, energy column j] = cov(F_i, E_j) = -grad_x k(x_i, x_j)",
             '    and K[energy row i, energy column j >= i] = k(x_i, x_j); energy rows follow 3NM."""',
             "    M = D.shape[0]",
@@ -634,12 +799,26 @@ def assemble_energy_rows(prog: KernelProgram) -> list:
             "        grad_x = np.empty(n3)",
             "        grad_xp = np.empty(n3)",
             "        for j in range(M):",
-            "            k = energy_force_blocks(D[i], JAC[i], D[j], JAC[j], atoms, fperms, hyper, grad_x, grad_xp)",
+            f"            k = {block_call}",
             "            for a in range(n3):",
             "                K[i * n3 + a, e0 + j] = -grad_x[a]",
             "            if j >= i:",
             "                K[e0 + i, e0 + j] = k",
             "", ""]
+
+
+def assemble_energy_rows(prog: KernelProgram) -> list:
+    return energy_row_assembly(
+        "assemble_energy_rows", "D, JAC, atoms, fperms, hyper, K, n_atoms",
+        "energy_force_blocks(D[i], JAC[i], D[j], JAC[j], atoms, fperms, hyper, grad_x, grad_xp)",
+        "The global kernel summed over the permutations fperms.")
+
+
+def assemble_local_energy_rows(prog: KernelProgram) -> list:
+    return energy_row_assembly(
+        "assemble_local_energy_rows", "D, JD, zs, hyper, K, n_atoms",
+        "local_energy_force_blocks(D[i], JD[i], zs, D[j], JD[j], zs, hyper, grad_x, grad_xp)",
+        "The local kernel, every geometry with the atoms' elements zs and dense site Jacobians JD.")
 
 
 def predict_energy_weights(prog: KernelProgram) -> list:
@@ -657,9 +836,12 @@ def predict_energy_weights(prog: KernelProgram) -> list:
 
 
 # the fused force-field entry points of a model, in module order
-MODEL_ENTRY_POINTS = (work_size, force_block_parts, assemble_rows, add_forces, predict, predict_coefficients,
+MODEL_ENTRY_POINTS = (work_size, force_block_parts, assemble_rows, local_work_size, local_force_block,
+                      assemble_local_rows,
+                      add_forces, predict, predict_coefficients,
                       predict_tiles, forces_from_descriptor_gradients, contract, energy_force_blocks,
-                      assemble_energy_rows, predict_energy_weights, hessian_coefficients, project_rows)
+                      assemble_energy_rows, local_energy_force_blocks, assemble_local_energy_rows,
+                      predict_energy_weights, hessian_coefficients, project_rows)
 
 
 def model_source(prog: KernelProgram) -> list:
