@@ -190,8 +190,6 @@ class LocalCpuBackend(CpuBackend):
     training product; descriptors, the solver and the contraction B = J V as a global model's.
     ``elements``: the training geometries' atomic numbers, set by GDML before assembly."""
 
-    local = True
-
     def __init__(self, model):
         super().__init__(model)
         self.elements = None
