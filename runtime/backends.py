@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from . import prediction
 from .assembly import assemble
+from .hessian_training import add_observation_terms
 from .matvec import TrainingProduct
 from .solver import cholesky_solve_inplace
 from .trained import PermutedTraining
@@ -96,6 +97,8 @@ class CpuBackend:
                                         side=side)
         if training.WT is not None:
             prediction.add_energy_weight_terms(self.model, D, JAC, training.DT, training.WT, training.hyper, e, f)
+        if training.observations is not None:
+            add_observation_terms(self.model, D, JAC, training.observations, training.hyper, e, f)
         return e, f
 
     def hessian(self, R, z, training):

@@ -125,10 +125,12 @@ def cmd_train(args):
                                         *(_dsl_file(spec) for spec in (args.descriptor, args.kernel))])
     ds = _load(data_path, args)
     print(f"dataset  {data_path}  ({ds.name}, {len(ds)} frames, {ds.n_atoms} atoms, {ds.theory})")
-    if ds.H is not None:  # read and checked, but the training matrices have no Hessian blocks yet
-        print(f"note: Hessians for {len(ds.H_frames)} frames are not used in training yet", file=sys.stderr)
     parts = _split(ds, args)
     train, valid, test = (parts[role][0] if role in parts else None for role in ("training", "validation", "test"))
+    hessians = train.H is not None and not args.no_hessians
+    if ds.H is not None and not hessians:
+        why = "--no-hessians" if args.no_hessians else "none of them is a training frame"
+        print(f"note: the Hessians of {len(ds.H_frames)} frames are not used in training ({why})", file=sys.stderr)
     with distributed.connected(args.scheduler) as cluster:  # closed once trained
         model = GDML(descriptor=descriptor, kernel=kernel, sigma=args.sigma, lam=args.lam,
                      symmetries=None if args.no_sym else "auto", energy_constraints=args.energy_constraints,
@@ -146,8 +148,11 @@ def cmd_train(args):
               f"{', energy constraints' if args.energy_constraints else ''}")
         print(f"split    train {len(train)}, validation {0 if valid is None else len(valid)}, "
               f"test {0 if test is None else len(test)}")
+        if hessians:
+            print(f"hessians {len(train.H_frames)} training frames with Hessians, observed beside the forces")
         model.fit(train.R, train.F, train.E, train.z,  # every frame passed validate_frames in _split
-                  valid=None if valid is None else (valid.R, valid.F, valid.E), validated=True)
+                  valid=None if valid is None else (valid.R, valid.F, valid.E), validated=True,
+                  H=train.H if hessians else None, H_frames=train.H_frames if hessians else None)
     for warning in check_force_energy_consistency(train.R, train.E, train.F) if train.E is not None else []:
         print(f"warning: {warning}", file=sys.stderr)
     from_training_file = {role: idx if part.source == ds.source else np.array([], dtype=int)
@@ -539,6 +544,8 @@ def build_parser():
                    help="a global kernel of the whole descriptor vector even for a descriptor with one vector per "
                         "atom (acsf, fchl19, ...), which otherwise gives a local model comparing atoms")
     p.add_argument("--energy-constraints", action="store_true", help="joint energy+force training (sGDML's E_cstr)")
+    p.add_argument("--no-hessians", action="store_true",
+                   help="train on forces (and energies) only, even if training frames have Hessians")
     _label_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random split")
     p.add_argument("-o", "--output", default="model.npz")

@@ -50,7 +50,7 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-def resolve_device(device: str, energy_constraints=False, file=None, local=False) -> str:
+def resolve_device(device: str, energy_constraints=False, file=None, local=False, hessians=False) -> str:
     """'cpu' or 'cuda'; a 'cuda' request that cannot be met says so and gives 'cpu'."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -61,6 +61,8 @@ def resolve_device(device: str, energy_constraints=False, file=None, local=False
         reason = "energy constraints are not implemented in the CUDA kernels yet"
     if reason is None and local:
         reason = "local models are not implemented in the CUDA kernels yet"
+    if reason is None and hessians:
+        reason = "models trained on Hessians are not implemented in the CUDA kernels yet"
     if reason is not None:
         print(f"gdmlc: device 'cuda' requested but {reason}; using the CPU", file=file or sys.stderr)
         return "cpu"

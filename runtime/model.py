@@ -18,8 +18,8 @@ import numpy as np
 from compiler import checks, compile_model
 from compiler.library import resolve
 
-from . import cg, data, distributed, symmetry
-from .assembly import allocate_training_matrix, dense_fits
+from . import cg, data, distributed, hessian_training, symmetry
+from .assembly import allocate_training_matrix, check_memory, dense_fits
 from .backends import make_backend
 from .preconditioner import PRECONDITIONERS, LowRankPreconditioner, TrainingColumns, make_preconditioner
 from .progress import Progress
@@ -121,6 +121,7 @@ class GDML:
         self.hyper_values = self._checked_hyper(hyper)
         self.info: dict = {}
         self._state, self._training = None, None
+        self._observed = None  # during a fit on Hessians: the observed geometries (hessian_training)
         self._timings: dict = {}
         self.set_device(device)
 
@@ -128,7 +129,8 @@ class GDML:
         """Train and predict on 'cpu' or 'cuda' (runtime/cuda_backend.py); a 'cuda' request
         that cannot be met prints why and keeps the CPU."""
         from . import cuda_backend
-        self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints, local=self.local)
+        self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints, local=self.local,
+                                                  hessians=self._state is not None and self._state.hessian_observations)
         self.backend = make_backend(self.device, self.model, self.descriptor_dsl, self.kernel_dsl, local=self.local)
         return self
 
@@ -237,8 +239,10 @@ class GDML:
         return self.model.kernel.hyper(**self.hyper_values, **self._sigma_value(sigma))
 
     # ------------------------------------------------------------------ training
-    def fit(self, R, F, E=None, z=None, valid=None, validated=False):
-        """Train on geometries R (M, N, 3), forces F, optional energies E.
+    def fit(self, R, F, E=None, z=None, valid=None, validated=False, H=None, H_frames=None):
+        """Train on geometries R (M, N, 3), forces F, optional energies E, and optional Hessians
+        H (K, 3N, 3N) of the frames H_frames (K,; default: every frame) as observations beside the
+        forces (runtime/hessian_training.py: global models, dense solver, CPU).
 
         ``valid``: (R, F, E) used to choose sigma when several are given.
         Every array is validated before any work starts (``validated``: the geometries R and
@@ -248,13 +252,16 @@ class GDML:
         Returns the model itself.
         """
         R, F, E, z, valid = self._checked_inputs(R, F, E, z, valid, validated)
+        hessians = self._checked_hessians(H, H_frames, R)
         self._timings = {}
         self._resume_pending = self.resume
         try:
-            self._fit(R, F, E, z, valid)
+            self._fit(R, F, E, z, valid, hessians)
         except BaseException:
             self.state = None  # nothing half-trained can be saved or used
             raise
+        finally:
+            self._observed = None
         self.info["timings"] = dict(self._timings)
         return self
 
@@ -292,7 +299,24 @@ class GDML:
             checks.geometries(Rv, "validation geometries", n_atoms=R.shape[1])
         return R, F, E, z, (Rv, Fv, Ev)
 
-    def _fit(self, R, F, E, z, valid):
+    def _checked_hessians(self, H, H_frames, R):
+        """(H, H_frames) validated, or None; refused, saying why, where training on Hessians is not
+        available (before any work)."""
+        H, H_frames = data.checked_hessians(H, H_frames, R.shape[0], R.shape[1], "training data")
+        if H is None:
+            return None
+        why = ("local models" if self.local else "energy constraints" if self.energy_constraints
+               else "a cluster" if self.client is not None else "the CG solver" if self.solver == "cg" else None)
+        if why is not None:
+            raise ValueError(f"training on Hessians is not available with {why} yet: train on forces only "
+                             "(drop the Hessians) or use a global model with the dense solver")
+        self.model.require_observations()
+        if self.device != "cpu":
+            self.set_device("cpu")
+            self._report("training on Hessians runs on the CPU: the CUDA kernels have no Hessian observations")
+        return H, H_frames
+
+    def _fit(self, R, F, E, z, valid, hessians=None):
         m, n, _ = R.shape
         with self._stage("symmetries"):
             perms = self._permutations(R, z)
@@ -310,14 +334,23 @@ class GDML:
         if self.energy_constraints:
             # energy labels centred on their mean, which becomes the model's constant
             y = np.concatenate([y, E - np.mean(E)])
+        if hessians is not None:
+            base = dataclasses.replace(base, R_hessian=R[hessians[1]])
+            y = np.concatenate([y, hessian_training.hessian_labels(hessians[0])])
+            self._observed = hessian_training.observed_geometries(self.model, base.R_hessian, z, D[hessians[1]],
+                                                                  JAC[hessians[1]])
         y = y / label_scale
 
-        solver = self._solver_for(len(y))
+        solver = "cholesky" if hessians is not None else self._solver_for(len(y))
         if self.resume and solver != "cg":
             raise ValueError(f"resuming continues a CG solve, but this training uses the {solver} solver: "
                              "pass solver='cg' (--solver cg)")
         # dense: one triangle, reused for every sigma; CG: no training matrix at all
-        K = allocate_training_matrix(m, n, self.energy_constraints) if solver == "cholesky" else None
+        if hessians is not None:
+            check_memory(len(y), packed=False)
+            K = np.empty((len(y), len(y)))  # full: the Hessian rows follow the force rows
+        else:
+            K = allocate_training_matrix(m, n, self.energy_constraints) if solver == "cholesky" else None
         sweep, best = [], None
         for sigma in self.sigma_grid:
             try:
@@ -344,6 +377,7 @@ class GDML:
         self._fit_energy_constant(E)
         self.info.update({"sigma_sweep": sweep, "sigma": result["sigma"], "lam": result["lam"],
                           "n_train": m, "n_perms": len(perms),
+                          "n_hessians": 0 if hessians is None else len(hessians[1]),
                           "energy_constraints": self.energy_constraints, "solver": solver})
         self.info.update({k: v for k, v in result.items() if k.startswith("cg_")})
         if valid is not None:
@@ -402,8 +436,7 @@ class GDML:
         lam = self.lam
         for attempt in range(MAX_JITTER_STEPS + 1):
             with self._stage("assembly"):
-                self.backend.assemble(D, JAC, fperms, hyper, n_atoms, K, progress=self.progress,
-                                      energy_rows=self.energy_constraints)
+                self._assemble(K, D, JAC, fperms, hyper, n_atoms)
             try:
                 with self._stage("solve"):
                     alpha = self.backend.solve(K, y, lam, progress=self.progress)
@@ -421,6 +454,20 @@ class GDML:
                         "geometries or try a larger sigma") from None
                 lam = max(lam * 10, 1e-10)
                 self._report(f"matrix not positive definite: retrying with lambda = {lam:g}")
+
+    def _assemble(self, K, D, JAC, fperms, hyper, n_atoms):
+        """The training matrix into K: the backend's force (and energy) blocks, then the rows of
+        Hessian observations, if any (K then is a full matrix, the force blocks its corner)."""
+        if self._observed is None:
+            self.backend.assemble(D, JAC, fperms, hyper, n_atoms, K, progress=self.progress,
+                                  energy_rows=self.energy_constraints)
+            return
+        n_force = 3 * n_atoms * D.shape[0]
+        forces = np.empty((n_force, n_force))  # the generated assembly writes C-ordered square matrices
+        self.backend.assemble(D, JAC, fperms, hyper, n_atoms, forces, progress=self.progress)
+        K[:n_force, :n_force] = forces
+        hessian_training.assemble_hessian_rows(self.model, D, JAC, fperms, hyper, self._observed, K, n_force,
+                                               progress=self.progress)
 
     def _solve_cg(self, base, JAC, fperms, sigma, y):
         """(alpha, lam, {cg_iterations, cg_residual, cg_preconditioner, cg_rank}) by matrix-free
@@ -491,16 +538,22 @@ class GDML:
         with self._stage("coefficients"):
             m, n = base.D_train.shape[0], base.n_atoms
             energy_weights = alpha[3 * n * m:] if self.energy_constraints else None
+            hessian_weights = (None if base.R_hessian is None
+                               else alpha[3 * n * m:].reshape(len(base.R_hessian), -1))
             alpha = alpha[:3 * n * m].reshape(m, n, 3)
             state = dataclasses.replace(base, alpha=alpha, B_train=self.backend.contract(JAC, alpha),
                                         energy_weights=energy_weights, sigma=float(sigma), lam_used=float(lam),
-                                        energy_constant=0.0)
+                                        energy_constant=0.0, hessian_weights=hessian_weights)
             self._install(state, fperms)
 
     def _install(self, state, fperms):
         """Make ``state`` the model's, with its permuted training arrays prepared for prediction."""
         self._state = state
-        self._training = PermutedTraining.of(state, fperms, self._kernel_hyper(state.sigma))
+        training = PermutedTraining.of(state, fperms, self._kernel_hyper(state.sigma))
+        if state.hessian_observations:
+            training = hessian_training.with_observations(self.model, self.backend, state, fperms, training,
+                                                          self._observed)
+        self._training = training
         self.backend.prepare(self._training)
 
     def _fit_energy_constant(self, E):
@@ -592,7 +645,8 @@ class GDML:
     def _check_finite_coefficients(self):
         """Refuse to write a model that could only predict NaN or inf."""
         values = {"alpha": self.alpha, "coefficients": self.B_train, "training descriptors": self.D_train,
-                  "energy weights": self.energy_weights, "label scale": self.label_scale,
+                  "energy weights": self.energy_weights, "Hessian weights": self.hessian_weights,
+                  "label scale": self.label_scale,
                   "energy constant": self.energy_constant, "sigma": self.sigma}
         bad = [name for name, v in values.items() if v is not None and not np.all(np.isfinite(v))]
         if bad:
@@ -615,7 +669,7 @@ def _state_attribute(name):
 
 
 for _name in ("z", "R_train", "perms", "alpha", "D_train", "B_train", "energy_weights", "sigma", "lam_used",
-              "label_scale", "energy_constant"):
+              "label_scale", "energy_constant", "R_hessian", "hessian_weights"):
     setattr(GDML, _name, _state_attribute(_name))
 GDML.n_atoms = property(lambda self: self._required_state().n_atoms, doc="atoms of the trained molecule")
 

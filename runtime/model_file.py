@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import compiler
+from compiler import checks
 from compiler.atomic_io import atomic_writer
 from compiler.dsl import (DEFAULT_INDEX_SPACE, INDEX_SPACES, Combination, DSLFunction, Layout, StoredSource,
                           checked_layout, combine)
@@ -72,6 +73,8 @@ def save_model(model, path):
         arrays.update(function_arrays(dsl, kind))
     if state.energy_weights is not None:
         arrays["energy_weights"] = np.asarray(state.energy_weights)
+    if state.hessian_observations:
+        arrays["R_hessian"], arrays["hessian_weights"] = state.R_hessian, state.hessian_weights
     arrays[CHECKSUM_KEY] = np.array(checksum(arrays))
     with atomic_writer(Path(path)) as fh:
         np.savez(fh, **arrays)
@@ -574,7 +577,31 @@ def _checked_arrays(stored) -> dict:
     out["hyper"] = {_identifier(k, "a hyperparameter name"): _finite(v, f"hyperparameter {k}")
                     for k, v in _mapping(hyper, "'hyper'").items()}
     out["local"] = _kernel_scope(stored, perms)
+    out["R_hessian"], out["hessian_weights"] = _hessian_observations(stored, n, out["local"])
     return out
+
+
+def _hessian_observations(stored, n, local):
+    """(R_hessian (K, N, 3), hessian_weights (K, 3N(3N+1)/2)) of a model trained on Hessians, or
+    (None, None): both keys or neither."""
+    present = [key for key in ("R_hessian", "hessian_weights") if key in stored]
+    if not present:
+        return None, None
+    if len(present) == 1:
+        raise ModelFileError(f"{present[0]!r} is stored without its partner: a model trained on Hessians "
+                             "stores both 'R_hessian' and 'hessian_weights'")
+    if local:
+        raise ModelFileError("a local model cannot hold Hessian observations")
+    R = _array(stored, "R_hessian", (None, n, 3))
+    n3 = 3 * n
+    weights = _array(stored, "hessian_weights", (len(R), n3 * (n3 + 1) // 2))
+    if len(R) < 1:
+        raise ModelFileError("'R_hessian' holds no geometries")
+    try:  # its descriptors are evaluated on loading: no overlapping atoms
+        checks.geometries(R, "'R_hessian'", n_atoms=n)
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from None
+    return R, weights
 
 
 def _kernel_scope(stored, perms) -> bool:
@@ -621,7 +648,8 @@ def _build_model(cls, arrays, descriptor, kernel):
                          D_train=arrays["D_train"], B_train=arrays["B_train"],
                          energy_weights=arrays["energy_weights"],  # None: a forces-only model
                          sigma=arrays["sigma"], lam_used=arrays["lam"], label_scale=arrays["label_scale"],
-                         energy_constant=arrays["energy_constant"])
+                         energy_constant=arrays["energy_constant"], R_hessian=arrays["R_hessian"],
+                         hessian_weights=arrays["hessian_weights"])
     model.energy_constraints = state.energy_constraints
     model.info = arrays["info"]
     model._install(state, fperms)

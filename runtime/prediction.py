@@ -144,7 +144,7 @@ def predict_hessians_scheduled(model, R, z, DQ, JACQ, training, side=None):
 
     def run(rows):
         H[rows] = predict_hessians(model, R[rows], z, DQ[rows], JACQ[rows], training.DT, training.BT, training.WT,
-                                   training.hyper, side=side)
+                                   training.hyper, side=side, observations=training.observations)
 
     on_chunk_pool(q_count, max(1, -(-q_count // threads_for(q_count))), run)
     return H

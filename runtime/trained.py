@@ -11,7 +11,9 @@ class TrainedState:
     """A trained GDML model's state.  ``alpha`` (M, N, 3): force coefficients; ``B_train``
     (M, F): them contracted into descriptor space; ``energy_weights`` (M,): the energy
     coefficients of a joint energy+force model (None for a forces-only one);
-    ``energy_constant``: None when trained without energies (relative energies)."""
+    ``energy_constant``: None when trained without energies (relative energies).
+    ``R_hessian`` (K, N, 3) and ``hessian_weights`` (K, 3N(3N+1)/2): the geometries of a model's
+    Hessian observations and their coefficients, entries r <= s (None without Hessian training)."""
     z: np.ndarray
     R_train: np.ndarray
     perms: np.ndarray
@@ -23,10 +25,16 @@ class TrainedState:
     lam_used: float
     label_scale: float
     energy_constant: float | None
+    R_hessian: np.ndarray | None = None
+    hessian_weights: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
         return len(self.z)
+
+    @property
+    def hessian_observations(self) -> bool:
+        return self.R_hessian is not None
 
     @property
     def energy_constraints(self) -> bool:
@@ -52,12 +60,14 @@ class PermutedTraining:
     """What prediction reads: the training descriptors DT and coefficients BT permuted by
     every symmetry (M * P, F each), the energy weights WT of each permuted copy (None for a
     forces-only model), the kernel's hyperparameter array and the training atoms' elements z
-    (a local model pairs atoms of one element)."""
+    (a local model pairs atoms of one element).  ``observations``: the HessianSide of a model's
+    Hessian-observation pieces (runtime/hessian_training.py; their force pieces are rows of DT, BT)."""
     DT: np.ndarray
     BT: np.ndarray
     WT: np.ndarray | None
     hyper: np.ndarray
     z: np.ndarray | None = None
+    observations: object = None
 
     @classmethod
     def of(cls, state: TrainedState, fperms, hyper):

@@ -48,13 +48,13 @@ def random_point(seed):
     return d, d + rng.uniform(-0.5, 0.5, F), rng.normal(size=F)
 
 
-def scalar_env(kst, kir, hyper, d, dp, beta):
-    """s, t, the contractions and every partial of g up to third order, evaluated from the
+def scalar_env(kst, kir, hyper, d, dp, beta, gamma=None):
+    """s, t, the contractions and every partial of g up to fourth order, evaluated from the
     kernel's IR (gdmlc AD + ir.evaluate) at (d, dp)."""
     env = {S: np.sum((d - dp) ** 2), T: np.sum(d * dp), **{user_var(h): v for h, v in hyper.items()}}
-    vectors = {"delta": d - dp, "d": d, "dp": dp, "beta": beta}
+    vectors = {"delta": d - dp, "d": d, "dp": dp, "beta": beta, **({} if gamma is None else {"gamma": gamma})}
     env.update(structure.contractions(vectors))
-    for order in range(4):
+    for order in range(5):
         for k in range(order + 1):
             name = structure.partial_name((S,) * (order - k) + (T,) * k)
             env[name] = float(ir.evaluate([kst.partial_expr(name)], env)[0])
@@ -86,6 +86,26 @@ def test_results_match_jax(case, seed):
         "energy_term": -jnp.dot(jax.grad(k, 1)(d, dp), beta),
         "d_h_beta": jax.jacfwd(lambda x: hessian(x, dp) @ beta)(d),
     }
+    for result, ref in reference.items():
+        got = kst.evaluate(result, env, vectors)
+        assert rel(got, np.asarray(ref)) <= TOL, (name, result)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_observation_results_match_jax(case, seed):
+    """A Hessian observation's energy share beta^T (d2k/ddp2) gamma and its gradient and Hessian in
+    d (fourth order in k) against JAX."""
+    name, kir, hyper, k = case
+    kst = structure.KernelStructure(kir.body)
+    d, dp, beta = random_point(seed)
+    gamma = np.random.default_rng(seed + 10).normal(size=F)
+    env, vectors = scalar_env(kst, kir, hyper, d, dp, beta, gamma)
+
+    def share(x):
+        return beta @ jax.hessian(k, 1)(x, dp) @ gamma
+
+    reference = {"observation_term": share(d), "observation_gradient": jax.grad(share)(d),
+                 "observation_hessian": jax.hessian(share)(d)}
     for result, ref in reference.items():
         got = kst.evaluate(result, env, vectors)
         assert rel(got, np.asarray(ref)) <= TOL, (name, result)

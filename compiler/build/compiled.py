@@ -285,6 +285,15 @@ class CompiledModel:
         block = jax_reference.force_block_function(self.descriptor.jax_function(), self.kernel.jax_function())
         return block(np.asarray(x, float), np.asarray(xp, float), [p.tolist() for p in perms], z, h)
 
+    def jax_hessian_observation_blocks(self, x, xp, perms=None, z=None, **hyper):
+        """(Cov(H(x), F(x')) (3N, 3N, 3N), Cov(H(x), H(x')) (3N, 3N, 3N, 3N)) by JAX AD (the test
+        reference of training on Hessians)."""
+        h = dict(zip(self.kernel.hyper_names, self.kernel.hyper(**hyper)))
+        perms = checks.permutations(perms, np.asarray(x).shape[0])
+        blocks = jax_reference.hessian_observation_blocks_function(self.descriptor.jax_function(),
+                                                                   self.kernel.jax_function())
+        return blocks(np.asarray(x, float), np.asarray(xp, float), [p.tolist() for p in perms], z, h)
+
     # Local kernels: k(x, x') = sum_ij [z_i = z'_j] k(d_i(x), d_j(x')) over atom-centred sites ----
     @property
     def can_be_local(self) -> bool:
@@ -394,6 +403,26 @@ class CompiledModel:
         gradient and Hessian in the query descriptor d."""
         self.require_hessians()
         self.module.hessian_coefficients(d, DT, BT, WT, hyper, C)
+
+    # Hessian observations (runtime/hessian_training.py sums the columns) ---------
+    @property
+    def observation_columns(self) -> list:
+        """The columns observation_coefficients writes ('value:', 'gradient:gamma', ...)."""
+        self.require_observations()
+        return self.kernel.metadata["observation_columns"]
+
+    def require_observations(self):
+        """HessianUnavailableError, saying why, if the kernel is not four times differentiable."""
+        if self.kernel.metadata.get("observation_columns") is None:
+            raise HessianUnavailableError(f"training on Hessians needs the kernel's fourth derivative: "
+                                          f"{self.kernel.metadata.get('observation_refusal')}")
+
+    def observation_coefficients(self, d, DT, BT, GT, hyper, C):
+        """C (MP, columns): per rank-one piece (DT[m], BT[m], GT[m]) of a Hessian observation, its
+        energy share beta^T (d2k/ddp2) gamma at the query descriptor d and that share's gradient
+        and Hessian coefficients."""
+        self.require_observations()
+        self.module.observation_coefficients(d, DT, BT, GT, hyper, C)
 
     def project_rows(self, B, jac, X):
         """X (M, 3N) = J^T B[m] for descriptor-space rows B (M, F) through one sparse Jacobian; fastest

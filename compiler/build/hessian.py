@@ -33,20 +33,23 @@ class ColumnLayout:
     gradient: tuple      # (column, basis) of dE/dd
     identity: int | None  # column of the Hessian's identity coefficient
     terms: dict          # left basis u -> ((column, right basis w), ...) of the terms c u w^T
+    value: int | None = None  # column of the energy share itself (Hessian observations' columns)
 
     @classmethod
     def of(cls, columns) -> "ColumnLayout":
-        gradient, identity, terms = [], None, {}
+        gradient, identity, terms, value = [], None, {}, None
         for k, name in enumerate(columns):
             kind, what = name.split(":")
-            if kind == "gradient":
+            if kind == "value":
+                value = k
+            elif kind == "gradient":
                 gradient.append((k, what))
             elif what == "identity":
                 identity = k
             else:
                 u, w = what.split(",")
                 terms.setdefault(u, []).append((k, w))
-        return cls(tuple(gradient), identity, {u: tuple(v) for u, v in terms.items()})
+        return cls(tuple(gradient), identity, {u: tuple(v) for u, v in terms.items()}, value)
 
     @property
     def projected(self) -> set:
@@ -87,24 +90,27 @@ class HessianSide:
     and the energy weights WT (MP,; zeros for a forces-only model) as hessian_coefficients reads
     them, and DT, BT transposed (F, MP), the layout of the sums: there a training point is a
     column, so scaling by its coefficients broadcasts along rows and project_rows' innermost
-    loop (over training points) vectorises."""
+    loop (over training points) vectorises.  ``GT``: the second directions of Hessian-observation
+    pieces (runtime/hessian_training.py), whose rows DT, BT, GT observation_coefficients reads."""
 
-    def __init__(self, DT, BT, WT):
-        self.DT, self.BT = DT, BT
+    def __init__(self, DT, BT, WT, GT=None):
+        self.DT, self.BT, self.GT = DT, BT, GT
         self.WT = np.zeros(len(DT)) if WT is None else np.ascontiguousarray(WT, dtype=np.float64)
-        self.columns = {"dp": np.ascontiguousarray(DT.T), "beta": np.ascontiguousarray(BT.T)}
+        self.columns = {"dp": np.ascontiguousarray(DT.T), "beta": np.ascontiguousarray(BT.T),
+                        **({} if GT is None else {"gamma": np.ascontiguousarray(GT.T)})}
 
     @property
     def n_rows(self) -> int:
         return self.DT.shape[0]
 
 
-def predict_hessians(model, R3, z, D, JAC, DT, BT, WT, hyper, side=None) -> np.ndarray:
+def predict_hessians(model, R3, z, D, JAC, DT, BT, WT, hyper, side=None, observations=None) -> np.ndarray:
     """d2E/dx2 (Q, 3N, 3N) of a compiled ``model`` at validated geometries R3 (Q, N, 3) with
     descriptors D and sparse Jacobians JAC, against the permuted training rows DT, BT (MP, F) and
     energy weights WT (MP,; None for a forces-only model): the energy E the generated predict
     computes (unscaled, without a constant).  ``side``: their HessianSide, prepared once by the
-    caller (else made here)."""
+    caller (else made here).  ``observations``: the HessianSide of a model's Hessian-observation
+    pieces (runtime/hessian_training.py), whose energy shares join E."""
     side = HessianSide(DT, BT, WT) if side is None else side
     if side.n_rows != DT.shape[0]:
         raise ValueError(f"Hessian side was prepared for {side.n_rows} training rows, not {DT.shape[0]}")
@@ -114,17 +120,32 @@ def predict_hessians(model, R3, z, D, JAC, DT, BT, WT, hyper, side=None) -> np.n
     H = np.empty((q_count, 3 * n, 3 * n))
     for q in range(q_count):
         model.hessian_coefficients(D[q], side.DT, side.BT, side.WT, hyper, C)
-        H[q] = _hessian_one(model, layout, R3[q], z, D[q], JAC[q], side, np.ascontiguousarray(C.T))
+        H[q] = _hessian_one(model, layout, R3[q], z, D[q], JAC[q], side, np.ascontiguousarray(C.T), hyper,
+                            observations)
     return H
 
 
-def _hessian_one(model, layout, x, z, d, jac, side, CT):
-    """One geometry's Hessian from its coefficients CT (columns, MP)."""
+def _hessian_one(model, layout, x, z, d, jac, side, CT, hyper, observations=None):
+    """One geometry's Hessian from its coefficients CT (columns, MP) (and its observation pieces')."""
     n3 = 3 * x.shape[0]
-    H, gradient = hessian_terms(layout, d, _dense_jacobian(model, jac, len(d), n3),
-                                lambda columns, name=None: _projected(model, columns, jac, n3, name), side, CT)
+    J = dense_jacobian(model, jac, len(d), n3)
+    project = lambda columns, name=None: _projected(model, columns, jac, n3, name)
+    H, gradient = hessian_terms(layout, d, J, project, side, CT)
+    if observations is not None:
+        H_pieces, gradient_pieces = observation_terms(model, d, J, project, observations, hyper)
+        H += H_pieces
+        gradient += gradient_pieces
     model.descriptor.add_curvature(x, z, gradient, H)
     return H
+
+
+def observation_terms(model, d, J, project, observations, hyper):
+    """hessian_terms of the Hessian-observation pieces in ``observations`` (a HessianSide with GT),
+    their coefficients from the generated observation_coefficients."""
+    C = thread_scratch("observation_coefficients", (observations.n_rows, len(model.observation_columns)))
+    model.observation_coefficients(d, observations.DT, observations.BT, observations.GT, hyper, C)
+    return hessian_terms(ColumnLayout.of(model.observation_columns), d, J, project, observations,
+                         np.ascontiguousarray(C.T))
 
 
 def hessian_terms(layout, d, J, project, side, CT):
@@ -220,6 +241,6 @@ def _projected(model, columns, jac, n3, name=None):
     return X
 
 
-def _dense_jacobian(model, jac, n_features, n3):
+def dense_jacobian(model, jac, n_features, n3):
     """J (F, 3N) from the sparse one: column f of J^T is J^T e_f, the projection of a unit vector."""
     return _projected(model, np.eye(n_features), jac, n3).T

@@ -172,7 +172,11 @@ def kernel_metadata(kir, prog) -> dict:
             # Hessian prediction: the columns hessian_coefficients writes, or why there is none
             "hessian_columns": (None if prog.hessian is None
                                 else [name for name, _ in prog.structure.prediction_columns]),
-            "hessian_refusal": prog.hessian_refusal}
+            "hessian_refusal": prog.hessian_refusal,
+            # training on Hessians: the columns observation_coefficients writes, or why there is none
+            "observation_columns": (None if prog.observation is None
+                                    else [name for name, _ in prog.structure.observation_columns]),
+            "observation_refusal": prog.observation_refusal}
 
 
 def plan(descriptor: Parsed | None = None, kernel: Parsed | None = None) -> Plan:

@@ -16,7 +16,9 @@ faster (the power of delta is read from the structure's terms).
 Hessian prediction needs third derivatives: a separate program of the partials its results
 use (structure.HESSIAN_EMITTED), each the AD derivative of its simplified parent, guarded the
 same way.  A kernel that is not three times differentiable at d = dp (Matern 3/2) still
-compiles; it has no Hessian program and ``hessian_refusal`` says why.
+compiles; it has no Hessian program and ``hessian_refusal`` says why.  Training on Hessian
+observations needs fourth derivatives (structure.OBSERVATION_EMITTED): a third program, built the
+same way, or ``observation_refusal`` saying why there is none.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from compiler.middle import ad, ir
 from compiler.errors import CompileError, DSLError
 from compiler.front.records import S, T, DescriptorIR, KernelIR, user_var
 from compiler.middle.simplify import Program, limit_from_above, optimise, simplified, symbols_for
-from compiler.middle.structure import EMITTED, HESSIAN_EMITTED, KernelStructure, partial_index, partial_name
+from compiler.middle.structure import (EMITTED, HESSIAN_EMITTED, OBSERVATION_EMITTED, KernelStructure, partial_index,
+                                       partial_name)
 
 
 @dataclass
@@ -45,7 +48,8 @@ class DescriptorProgram:
 
 @dataclass
 class HessianProgram:
-    """The partials Hessian prediction needs (third order), simplified and guarded at s = 0."""
+    """The partials Hessian prediction (third order) or Hessian observations (fourth order) need,
+    simplified and guarded at s = 0."""
     coefficients: Program    # outputs: the partials named in `partials`, in that order
     partials: tuple
     guards: list
@@ -61,6 +65,8 @@ class KernelProgram:
     partials: tuple          # names of the partials the emitted results use (structurally nonzero)
     hessian: HessianProgram | None = None  # None: the kernel is not three times differentiable
     hessian_refusal: str = ""  # why there is no Hessian program
+    observation: HessianProgram | None = None  # None: the kernel is not four times differentiable
+    observation_refusal: str = ""  # why there is no Hessian-observation program
 
     @property
     def present(self) -> dict:
@@ -108,20 +114,24 @@ def kernel_program(kir: KernelIR) -> KernelProgram:
     value.outputs, value_guards = _guard_value(value, symbols, kir)  # first: a divergent value says why
     structure = KernelStructure(g)
     simplified, guards = _partials_program(kir, symbols, structure, structure.partials, EMITTED, "twice")
-    try:  # Hessian prediction is optional: a kernel that is only C^2 still trains and predicts forces
-        hessian = _hessian_program(kir, symbols, structure)
-        refusal = ""
-    except CompileError as exc:
-        hessian, refusal = None, str(exc)
+    # Hessian prediction and Hessian observations are optional: a kernel that is only C^2 still
+    # trains and predicts forces
+    hessian, refusal = _optional_program(kir, symbols, structure, structure.hessian_partials, HESSIAN_EMITTED,
+                                         "three times", "h")
+    observation, observation_refusal = (None, refusal) if hessian is None else _optional_program(
+        kir, symbols, structure, structure.observation_partials, OBSERVATION_EMITTED, "four times", "o")
     return KernelProgram(value, simplified, value_guards + guards, uses, structure, structure.partials,
-                         hessian, refusal)
+                         hessian, refusal, observation, observation_refusal)
 
 
-def _hessian_program(kir, symbols, structure) -> HessianProgram:
-    partials = structure.hessian_partials
-    program, guards = _partials_program(kir, symbols, structure, partials, HESSIAN_EMITTED, "three times",
-                                        prefix="h", raw=_stepwise_partials(structure, symbols, partials))
-    return HessianProgram(program, partials, guards)
+def _optional_program(kir, symbols, structure, partials, results, order, prefix):
+    """(HessianProgram of ``partials``, "") or (None, why the kernel is not ``order`` differentiable)."""
+    try:
+        program, guards = _partials_program(kir, symbols, structure, partials, results, order, prefix=prefix,
+                                            raw=_stepwise_partials(structure, symbols, partials))
+    except CompileError as exc:
+        return None, str(exc)
+    return HessianProgram(program, partials, guards), ""
 
 
 def _stepwise_partials(structure, symbols, names) -> list:

@@ -33,9 +33,15 @@ import numpy as np
 from compiler.middle import ad, ir
 from compiler.front.records import S, T
 
-BASIS = ("delta", "d", "dp", "beta")
+BASIS = ("delta", "d", "dp", "beta", "gamma")
 WRT = ("d", "dp")
-CONTRACTION = {"delta": "delta_beta", "d": "d_beta", "dp": "dp_beta"}  # w . beta (beta . beta: never)
+# the fixed directions a result may be contracted with: beta (a training point's coefficients) and,
+# for a Hessian observation's second derivative beta^T (d2k/ddp2) gamma, gamma
+DIRECTIONS = ("beta", "gamma")
+# w . direction, per direction (beta . beta and gamma . gamma: never needed)
+CONTRACTIONS = {"beta": {"delta": "delta_beta", "d": "d_beta", "dp": "dp_beta"},
+                "gamma": {"delta": "delta_gamma", "d": "d_gamma", "dp": "dp_gamma", "beta": "beta_gamma"}}
+CONTRACTION = CONTRACTIONS["beta"]
 # d b / d wrt for the basis vectors that move with d or dp: a multiple of the identity
 _BASIS_JACOBIAN = {("delta", "d"): 1.0, ("delta", "dp"): -1.0, ("d", "d"): 1.0, ("dp", "dp"): 1.0}
 # the gradient of s and t, and of each contraction, as {basis: constant}, per wrt
@@ -44,6 +50,8 @@ _VARIABLE_GRADIENT = {
     (T, "d"): {"dp": 1.0}, (T, "dp"): {"d": 1.0},
     ("delta_beta", "d"): {"beta": 1.0}, ("delta_beta", "dp"): {"beta": -1.0},
     ("d_beta", "d"): {"beta": 1.0}, ("dp_beta", "dp"): {"beta": 1.0},
+    ("delta_gamma", "d"): {"gamma": 1.0}, ("delta_gamma", "dp"): {"gamma": -1.0},
+    ("d_gamma", "d"): {"gamma": 1.0}, ("dp_gamma", "dp"): {"gamma": 1.0},
 }
 # what every model's force-field entry points emit (training, energies, forces)
 EMITTED = ("grad_d", "grad_dp", "hessian", "h_beta", "energy_term")
@@ -53,8 +61,11 @@ EMITTED = ("grad_d", "grad_dp", "hessian", "h_beta", "energy_term")
 HESSIAN_EMITTED = ("prediction_gradient", "prediction_hessian")
 # the scalar variable of a training point's energy coefficient (joint energy+force models)
 ENERGY_WEIGHT = "w"
+# what Hessian observations emit (training on Hessians): one observation's share of a predicted
+# energy, beta^T (d2k / ddp2) gamma, and its gradient and Hessian in the query's d (fourth order)
+OBSERVATION_EMITTED = ("observation_term", "observation_gradient", "observation_hessian")
 # powers of delta that each scalar variable carries, for the s = 0 guard (|delta_beta| <= |delta|)
-_DELTA_DEGREE = {"delta_beta": 1, S: 2}
+_DELTA_DEGREE = {"delta_beta": 1, "delta_gamma": 1, S: 2}
 
 
 # --------------------------------------------------------------------------- partial names
@@ -226,28 +237,32 @@ def jacobian(vector: Vector, wrt: str, partial=None) -> Matrix:
 
 
 def contract(matrix: Matrix, direction: str = "beta") -> Vector:
-    """matrix . beta = c beta + sum c_k u_k (w_k . beta), w . beta as its contraction variable."""
-    _check_beta(direction)
-    pairs = [("beta", matrix.identity)]
-    pairs += [(u, _times(c, _contraction(w))) for (u, w), c in matrix.terms.items()]
+    """matrix . v = c v + sum c_k u_k (w_k . v) for a fixed direction v (beta or gamma), w . v as
+    its contraction variable."""
+    _check_direction(direction)
+    pairs = [(direction, matrix.identity)]
+    pairs += [(u, _times(c, _contraction(w, direction))) for (u, w), c in matrix.terms.items()]
     return _vector(pairs)
 
 
 def dot(vector: Vector, direction: str = "beta") -> ir.Expr:
-    """vector . beta as a scalar expression."""
-    _check_beta(direction)
-    return _sum(_times(c, _contraction(b)) for b, c in vector.terms.items())
+    """vector . v (v: beta or gamma) as a scalar expression."""
+    _check_direction(direction)
+    return _sum(_times(c, _contraction(b, direction)) for b, c in vector.terms.items())
 
 
-def _check_beta(direction):
-    if direction != "beta":
-        raise ValueError(f"only the direction 'beta' can be contracted, not {direction!r}")
+def _check_direction(direction):
+    if direction not in DIRECTIONS:
+        raise ValueError(f"only the directions {DIRECTIONS} can be contracted, not {direction!r}")
 
 
-def _contraction(basis) -> ir.Expr:
-    if basis not in CONTRACTION:
-        raise ValueError(f"{basis} . beta is not a variable of the structure (beta . beta is never needed)")
-    return ir.var(CONTRACTION[basis])
+def _contraction(basis, direction="beta") -> ir.Expr:
+    if basis == "gamma" and direction == "beta":
+        basis, direction = "beta", "gamma"  # beta . gamma, one variable
+    if basis not in CONTRACTIONS[direction]:
+        raise ValueError(f"{basis} . {direction} is not a variable of the structure "
+                         "(a direction dotted with itself is never needed)")
+    return ir.var(CONTRACTIONS[direction][basis])
 
 
 def component(vector: Vector) -> ir.Expr:
@@ -389,11 +404,36 @@ class KernelStructure:
         the energy gradient's coefficient of each basis vector ('gradient:delta'), then the
         Hessian's identity ('hessian:identity', unless zero) and rank-one terms u w^T
         ('hessian:delta,beta').  The runtime sums the columns against the basis vectors."""
-        gradient_, hessian_ = self.prediction_gradient, self.prediction_hessian
-        columns = [(f"gradient:{b}", c) for b, c in gradient_.terms.items()]
-        if hessian_.identity is not ir.ZERO:
-            columns.append(("hessian:identity", hessian_.identity))
-        return columns + [(f"hessian:{u},{w}", c) for (u, w), c in hessian_.terms.items()]
+        return _columns(self.prediction_gradient, self.prediction_hessian)
+
+    @cached_property
+    def dp_hessian(self) -> Matrix:
+        """d2k / ddp2."""
+        return jacobian(self.grad_dp, "dp", self.partial)
+
+    @cached_property
+    def observation_term(self) -> ir.Expr:
+        """beta^T (d2k / ddp2) gamma: a Hessian observation's share of a predicted energy, for the
+        observation's coefficients spread over its rank-one pieces beta gamma^T (the descriptor's
+        own curvature at the observed geometry enters as an energy_term: runtime's business)."""
+        return dot(contract(self.dp_hessian, "gamma"), "beta")
+
+    @cached_property
+    def observation_gradient(self) -> Vector:
+        """d (observation_term) / dd (third order)."""
+        return gradient(self.observation_term, "d", self.partial)
+
+    @cached_property
+    def observation_hessian(self) -> Matrix:
+        """d2 (observation_term) / dd2 (fourth order)."""
+        return jacobian(self.observation_gradient, "d", self.partial)
+
+    @cached_property
+    def observation_columns(self) -> list:
+        """As prediction_columns, for one Hessian observation's rank-one piece: its energy share
+        ('value:'), then the gradient's and the Hessian's columns."""
+        return [("value:", self.observation_term),
+                *_columns(self.observation_gradient, self.observation_hessian)]
 
     def results(self, names=EMITTED) -> list:
         return [getattr(self, n) for n in names]
@@ -407,6 +447,11 @@ class KernelStructure:
     def hessian_partials(self) -> tuple:
         """The partials Hessian prediction uses (HESSIAN_EMITTED), in its generated code's order."""
         return partials_needed(self.results(HESSIAN_EMITTED))
+
+    @cached_property
+    def observation_partials(self) -> tuple:
+        """The partials Hessian observations use (OBSERVATION_EMITTED), in their code's order."""
+        return partials_needed(self.results(OBSERVATION_EMITTED))
 
     def delta_power(self, partial: str, names=EMITTED):
         return delta_power(self.results(names), partial)
@@ -430,7 +475,18 @@ class KernelStructure:
         return total
 
 
+def _columns(gradient_: Vector, hessian_: Matrix) -> list:
+    """(name, coefficient) of a gradient's basis coefficients ('gradient:delta'), then a Hessian's
+    identity ('hessian:identity', unless zero) and rank-one terms u w^T ('hessian:delta,beta')."""
+    columns = [(f"gradient:{b}", c) for b, c in gradient_.terms.items()]
+    if hessian_.identity is not ir.ZERO:
+        columns.append(("hessian:identity", hessian_.identity))
+    return columns + [(f"hessian:{u},{w}", c) for (u, w), c in hessian_.terms.items()]
+
+
 def contractions(vectors: dict) -> dict:
-    """The contraction variables w . beta from basis vectors (numpy, last axis features)."""
-    return {name: np.sum(vectors[w] * vectors["beta"], axis=-1) for w, name in CONTRACTION.items()
-            if w in vectors and "beta" in vectors}
+    """The contraction variables w . beta (and w . gamma) from basis vectors (numpy, last axis
+    features)."""
+    return {name: np.sum(vectors[w] * vectors[direction], axis=-1)
+            for direction, names in CONTRACTIONS.items() for w, name in names.items()
+            if w in vectors and direction in vectors}

@@ -80,10 +80,11 @@ def site_curvature_lines(dir_: DescriptorIR, prog: DescriptorProgram, decorator:
     return lines
 
 
-def partials_tuple(prog: KernelProgram, hessian: bool = False) -> str:
-    """The partials kernel_coefficients (``hessian``: kernel_coefficients_hessian) returns, as a
-    tuple to return or unpack (`a, b` or `a,`)."""
-    names = prog.hessian.partials if hessian else prog.partials
+def partials_tuple(prog: KernelProgram, program: str | None = None) -> str:
+    """The partials kernel_coefficients (``program`` "hessian" or "observation":
+    kernel_coefficients_hessian or _observation) returns, as a tuple to return or unpack
+    (`a, b` or `a,`)."""
+    names = getattr(prog, program).partials if program else prog.partials
     return ", ".join(names) + ("," if len(names) == 1 else "")
 
 

@@ -127,6 +127,27 @@ def force_block_function(descriptor, kernel):
     return block
 
 
+def hessian_observation_blocks_function(descriptor, kernel):
+    """(Cov(H(x), F(x')), Cov(H(x), H(x'))) by JAX AD, forward mode throughout (as
+    force_block_function): with k the symmetric kernel, d2/dx2 (-d/dx') k, shape (3N, 3N, 3N),
+    and d2/dx2 d2/dx'2 k, shape (3N, 3N, 3N, 3N) (training on Hessians)."""
+    jax, jnp = _jax()
+
+    def energy_kernel(x, xp, perms, z, hyper):
+        d = descriptor(x, z)
+        return sum(kernel(d, descriptor(xp[np.asarray(p)], z), **hyper) for p in perms)
+
+    def blocks(x, xp, perms, z, hyper):
+        x, xp = jnp.asarray(x), jnp.asarray(xp)
+        n3 = 3 * x.shape[0]
+        query_hessian = jax.jacfwd(jax.jacfwd(energy_kernel, argnums=0), argnums=0)
+        hf = -jax.jacfwd(query_hessian, argnums=1)(x, xp, perms, z, hyper)
+        hh = jax.jacfwd(jax.jacfwd(query_hessian, argnums=1), argnums=1)(x, xp, perms, z, hyper)
+        return np.asarray(hf).reshape(n3, n3, n3), np.asarray(hh).reshape(n3, n3, n3, n3)
+
+    return blocks
+
+
 def local_force_block_function(descriptor, kernel):
     """C(x, x') of the local kernel sum_ij [z_i = z'_j] k(d_i(x), d_j(x')) by JAX AD (forward over
     forward, as force_block_function); x and x' may have different atoms."""

@@ -133,14 +133,16 @@ def kernel_source(kir: KernelIR, prog: KernelProgram) -> list:
                   f'(by gdmlc AD, simplified).{why}"""', *unpack]
         lines += program_lines(prog.coefficients, style, prog.partials)
         lines += [f"    return {partials_tuple(prog)}", "", ""]
-    if prog.hessian is not None:
-        hessian = prog.hessian
-        lines += [f"# Hessian prediction, at s = 0: {note}" for note in hessian.guards]
-        lines += [NJIT, "def kernel_coefficients_hessian(s, t, hyper):",
-                  f'    """The partials {", ".join(hessian.partials)} of g that Hessian prediction uses '
+    for program, what in (("hessian", "Hessian prediction"), ("observation", "Hessian observations")):
+        higher = getattr(prog, program)
+        if higher is None:
+            continue
+        lines += [f"# {what}, at s = 0: {note}" for note in higher.guards]
+        lines += [NJIT, f"def kernel_coefficients_{program}(s, t, hyper):",
+                  f'    """The partials {", ".join(higher.partials)} of g that {what} use '
                   '(each by gdmlc AD of its simplified parent)."""', *unpack]
-        lines += program_lines(hessian.coefficients, STYLE, hessian.partials)
-        lines += [f"    return {partials_tuple(prog, hessian=True)}", "", ""]
+        lines += program_lines(higher.coefficients, STYLE, higher.partials)
+        lines += [f"    return {partials_tuple(prog, program)}", "", ""]
     return lines
 
 
@@ -612,35 +614,60 @@ def forces_from_descriptor_gradients(prog: KernelProgram) -> list:
             "", ""]
 
 
-# the scalars a Hessian column may use, each a reduction over the features of d, dp_m, beta_m
-HESSIAN_REDUCTIONS = {"s": "diff * diff", "t": "d[f] * dp[f]", "delta_beta": "diff * beta[f]",
-                      "d_beta": "d[f] * beta[f]", "dp_beta": "dp[f] * beta[f]"}
+# the scalars a Hessian or observation column may use, each a reduction over the features of d,
+# dp_m, beta_m (and gamma_m)
+COLUMN_REDUCTIONS = {"s": "diff * diff", "t": "d[f] * dp[f]", "delta_beta": "diff * beta[f]",
+                     "d_beta": "d[f] * beta[f]", "dp_beta": "dp[f] * beta[f]", "delta_gamma": "diff * gamma[f]",
+                     "d_gamma": "d[f] * gamma[f]", "dp_gamma": "dp[f] * gamma[f]", "beta_gamma": "beta[f] * gamma[f]"}
 
 
 def hessian_coefficients(prog: KernelProgram) -> list:
     if prog.hessian is None:
         return []  # the kernel is not three times differentiable: METADATA says why
-    columns = prog.structure.prediction_columns
+    return per_point_columns(
+        prog, "hessian", "hessian_coefficients(d, DT, BT, WT, hyper, C)", prog.structure.prediction_columns,
+        ["Hessian prediction at one query descriptor d (F,): per permuted training point m",
+         "(DT, BT (MP, F), energy weights WT (MP,), zeros for a forces-only model) the",
+         "coefficients of the predicted energy's gradient and Hessian in d (the kernel structure's",
+         "prediction_gradient and prediction_hessian), one column each (METADATA hessian_columns):"],
+        "with delta = d - DT[m], beta = BT[m], w = WT[m].")
+
+
+def observation_coefficients(prog: KernelProgram) -> list:
+    if prog.observation is None:
+        return []  # the kernel is not four times differentiable: METADATA says why
+    return per_point_columns(
+        prog, "observation", "observation_coefficients(d, DT, BT, GT, hyper, C)", prog.structure.observation_columns,
+        ["Hessian observations at one query descriptor d (F,): per rank-one piece m of a training",
+         "Hessian observation (DT (MP, F) the observed geometry's descriptor, BT, GT (MP, F) the piece's",
+         "directions), its energy share beta^T (d2k/ddp2) gamma and that share's gradient and Hessian",
+         "in d (the kernel structure's observation_columns), one column each (METADATA",
+         "observation_columns):"],
+        "with delta = d - DT[m], beta = BT[m], gamma = GT[m].")
+
+
+def per_point_columns(prog: KernelProgram, program: str, signature: str, columns, summary: list, names: str):
+    """A loop over training rows m writing one column per (name, coefficient) of ``columns``, the
+    partials from kernel_coefficients_<program>."""
     used = ir.free_variables([c for _, c in columns])
-    reductions = {name: text for name, text in HESSIAN_REDUCTIONS.items() if name in used or name in "st"}
-    return [NJIT_NOGIL, "def hessian_coefficients(d, DT, BT, WT, hyper, C):",
-            '    """Hessian prediction at one query descriptor d (F,): per permuted training point m',
-            "    (DT, BT (MP, F), energy weights WT (MP,), zeros for a forces-only model) the",
-            "    coefficients of the predicted energy's gradient and Hessian in d (the kernel structure's",
-            "    prediction_gradient and prediction_hessian), one column each (METADATA hessian_columns):",
+    reductions = {name: text for name, text in COLUMN_REDUCTIONS.items() if name in used or name in "st"}
+    spelled = "".join(reductions.values())
+    return [NJIT_NOGIL, f"def {signature}:",
+            f'    """{summary[0]}', *[f"    {line}" for line in summary[1:]],
             *[f"        C[m, {k}]  {name}: {spell_term(c, STYLE)}" for k, (name, c) in enumerate(columns)],
-            "    with delta = d - DT[m], beta = BT[m], w = WT[m].  Serial: the caller runs geometries on",
+            f"    {names}  Serial: the caller runs geometries on",
             '    several threads."""',
             "    n_features = d.shape[0]",
             "    for m in range(DT.shape[0]):",
             "        dp = DT[m]",
-            *(["        beta = BT[m]"] if "beta" in "".join(reductions.values()) else []),
+            *(["        beta = BT[m]"] if "beta" in spelled else []),
+            *(["        gamma = GT[m]"] if "gamma" in spelled else []),
             *(["        w = WT[m]"] if "w" in used else []),
             *[f"        {name} = 0.0" for name in reductions],
             "        for f in range(n_features):",
             "            diff = d[f] - dp[f]",
             *[f"            {name} += {text}" for name, text in reductions.items()],
-            f"        {partials_tuple(prog, hessian=True)} = kernel_coefficients_hessian(s, t, hyper)",
+            f"        {partials_tuple(prog, program)} = kernel_coefficients_{program}(s, t, hyper)",
             *[f"        C[m, {k}] = {spell_term(c, STYLE)}" for k, (_, c) in enumerate(columns)],
             "", ""]
 
@@ -841,7 +868,7 @@ MODEL_ENTRY_POINTS = (work_size, force_block_parts, assemble_rows, local_work_si
                       add_forces, predict, predict_coefficients,
                       predict_tiles, forces_from_descriptor_gradients, contract, energy_force_blocks,
                       assemble_energy_rows, local_energy_force_blocks, assemble_local_energy_rows,
-                      predict_energy_weights, hessian_coefficients, project_rows)
+                      predict_energy_weights, hessian_coefficients, observation_coefficients, project_rows)
 
 
 def model_source(prog: KernelProgram) -> list:
