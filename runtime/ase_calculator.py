@@ -103,8 +103,12 @@ class GDMLCalculator(Calculator):
         self.length_factor = length_unit_factor(self.length_unit)  # Å per model length unit
         self.relative_energy = getattr(model, "energy_constant", None) is None
         self.z = np.asarray(model.z, dtype=np.int64)
+        # a local model predicts any atoms whose elements it was trained on (it names an unseen one)
+        self.any_atoms = bool(getattr(model, "local", False))
 
     def check_species(self, atoms):
+        if self.any_atoms:
+            return
         numbers = np.asarray(atoms.numbers)
         if len(numbers) != len(self.z):
             raise ValueError(f"the model is for {len(self.z)} atoms (atomic numbers {self.z.tolist()}), "
@@ -129,11 +133,12 @@ class GDMLCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self.check_species(self.atoms)
         positions = self.atoms.get_positions() / self.length_factor  # in model length units
+        z = np.asarray(self.atoms.numbers) if self.any_atoms else None
         if "hessian" in properties:
-            energy, forces, hessian = self.model.predict(positions, progress=False, hessian=True)
+            energy, forces, hessian = self.model.predict(positions, progress=False, hessian=True, z=z)
             self.results["hessian"] = np.asarray(hessian) * (self.energy_factor / self.length_factor ** 2)
         else:
-            energy, forces = self.model.predict(positions, progress=False)
+            energy, forces = self.model.predict(positions, progress=False, z=z)
         energy = float(energy) * self.energy_factor
         self.results["energy"] = energy
         self.results["free_energy"] = energy  # no electronic entropy: what ASE's optimisers may ask for

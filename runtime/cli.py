@@ -21,7 +21,7 @@ from compiler.library import LIBRARY_DESCRIPTORS, LIBRARY_KERNELS, resolve
 
 from .data import (DEFAULT_DATA, DatasetError, check_force_energy_consistency, check_same_species,
                    hessian_unit_label, load_dataset, load_geometries, unit_labels)
-from . import distributed, vibrations
+from . import distributed, mixed, vibrations
 from .model import GDML, error_table
 
 MAX_SIGMA_VALUES = 1000  # a range like 1:1e9:1 is a typo, not a grid
@@ -124,7 +124,7 @@ def cmd_train(args):
     out = _checked_output(args.output, [data_path, args.valid, args.test,
                                         *(_dsl_file(spec) for spec in (args.descriptor, args.kernel))])
     ds = _load(data_path, args)
-    print(f"dataset  {data_path}  ({ds.name}, {len(ds)} frames, {ds.n_atoms} atoms, {ds.theory})")
+    print(f"dataset  {data_path}  ({ds.name}, {len(ds)} frames, {_atoms_text(ds)}, {ds.theory})")
     parts = _split(ds, args)
     train, valid, test = (parts[role][0] if role in parts else None for role in ("training", "validation", "test"))
     hessians = train.H is not None and not args.no_hessians
@@ -151,9 +151,12 @@ def cmd_train(args):
         if hessians:
             print(f"hessians {len(train.H_frames)} training frames with Hessians, observed beside the forces")
         model.fit(train.R, train.F, train.E, train.z,  # every frame passed validate_frames in _split
-                  valid=None if valid is None else (valid.R, valid.F, valid.E), validated=True,
+                  valid=None if valid is None else (valid.R, valid.F, valid.E) + ((valid.z,) if valid.padded else ()),
+                  validated=True,
                   H=train.H if hessians else None, H_frames=train.H_frames if hessians else None)
-    for warning in check_force_energy_consistency(train.R, train.E, train.F) if train.E is not None else []:
+    # (frames of several compositions: consecutive frames are not one trajectory)
+    consistent = train.E is not None and not train.padded
+    for warning in check_force_energy_consistency(train.R, train.E, train.F) if consistent else []:
         print(f"warning: {warning}", file=sys.stderr)
     from_training_file = {role: idx if part.source == ds.source else np.array([], dtype=int)
                           for role, (part, idx) in parts.items()}
@@ -177,7 +180,7 @@ def cmd_train(args):
     if "validation" in model.info:
         print_errors("validation errors", model.info["validation"], ds)
     if test is not None:
-        errors = model.evaluate(test.R, test.F, test.E, validated=True)
+        errors = model.evaluate(test.R, test.F, test.E, validated=True, z=test.z if test.padded else None)
         model.info["test"] = errors
         print_errors(f"test errors ({len(test)} frames)", errors, ds)
     model.info["train_seconds"] = time.perf_counter() - start
@@ -208,20 +211,32 @@ def _split(ds, args):
     parts = {role: (ds, idx) for role, idx in drawn.items() if len(idx)}
     wanted = {"validation": (args.n_valid, 1), "test": (args.n_test, 2)}  # (frames, seed offset)
     for role, other in files.items():
-        check_same_species(other.z, ds.z, other.source, ref=f"the training data {Path(ds.source).name}")
+        if not (other.padded or ds.padded):  # several compositions: the local model names an unseen element
+            check_same_species(other.z, ds.z, other.source, ref=f"the training data {Path(ds.source).name}")
         idx = np.arange(len(other))
         count, offset = wanted[role]
         if count is not None and 0 < count < len(other):  # --n-valid/--n-test draw from a given file too
             idx = np.sort(np.random.default_rng(args.seed + offset).permutation(len(other))[:count])
         parts[role] = (other, idx)
     for role, (source, idx) in parts.items():
-        validate_frames(source.R, idx, source.source, role)
+        validate_frames(source.R, idx, source.source, role, source.z)
     return {role: (source.subset(idx), idx) for role, (source, idx) in parts.items()}
 
 
-def validate_frames(R, frames, source, role):
-    """Refuse unusable geometries before any assembly, naming the frame's index in its file."""
+def validate_frames(R, frames, source, role, z=None):
+    """Refuse unusable geometries before any assembly, naming the frame's index in its file (for
+    frames of several compositions, z (M, N), each frame's real atoms)."""
+    if z is not None and mixed.is_padded(z):
+        mixed.checked_geometries(R[frames], z[frames], f"{source} ({role} data)", frame_index=frames)
+        return
     checks.geometries(R[frames], f"{source} ({role} data)", frame_index=frames)
+
+
+def _atoms_text(ds) -> str:
+    """'9 atoms', or for frames of several compositions 'up to 12 atoms, 3 compositions'."""
+    if not ds.padded:
+        return f"{ds.n_atoms} atoms"
+    return f"up to {ds.n_atoms} atoms, {len(mixed.compositions(ds.z))} compositions"
 
 
 def _check_counts(n_train, n_valid, n_test):
@@ -426,7 +441,8 @@ def cmd_info(args):
     if not _is_model_file(path):
         ds = load_dataset(path, require_forces=False)
         e_unit, f_unit = _units(ds)
-        print(f"dataset {path}: {ds.name}, {len(ds)} frames, {ds.n_atoms} atoms z={ds.z.tolist()}, "
+        print(f"dataset {path}: {ds.name}, {len(ds)} frames, {_atoms_text(ds)}"
+              f"{'' if ds.padded else f' z={ds.z.tolist()}'}, "
               f"theory {ds.theory}, energies {'yes' if ds.E is not None else 'no'} ({e_unit}), "
               f"forces {'yes' if ds.F is not None else 'no'} ({f_unit}), "
               f"Hessians {_hessian_summary(ds)}")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import mixed
+
 LABEL_SETS = ("new", "old")
 MAX_ATOMIC_NUMBER = 118
 
@@ -59,7 +61,7 @@ class DatasetError(ValueError):
 @dataclass(eq=False)  # array fields: a generated __eq__ would be ambiguous
 class Dataset:
     R: np.ndarray  # (M, N, 3) float64 positions
-    z: np.ndarray  # (N,) int64 atomic numbers
+    z: np.ndarray  # (N,) int64 atomic numbers; (M, N) per frame for several compositions, 0 = no atom (padded)
     F: np.ndarray | None  # (M, N, 3) float64 forces (= -dE/dR); None only if loaded with require_forces=False
     E: np.ndarray | None  # (M,) float64 energies
     name: str
@@ -76,7 +78,13 @@ class Dataset:
 
     @property
     def n_atoms(self) -> int:
-        return len(self.z)
+        """Atoms per frame (slots, for padded frames of several compositions)."""
+        return self.z.shape[-1]
+
+    @property
+    def padded(self) -> bool:
+        """Whether the frames have several compositions (z (M, N), runtime/mixed.py)."""
+        return self.z.ndim == 2
 
     def subset(self, idx) -> Dataset:
         """The frames selected by an index array or boolean mask, as copies."""
@@ -86,7 +94,7 @@ class Dataset:
             raise DatasetError(f"{self.source}: subset selects no frames")
         H, H_frames = self._hessians_of(idx)
         return dataclasses.replace(
-            self, R=R, z=self.z.copy(), F=None if self.F is None else self.F[idx],
+            self, R=R, z=self.z[idx] if self.padded else self.z.copy(), F=None if self.F is None else self.F[idx],
             E=None if self.E is None else self.E[idx], H=H, H_frames=H_frames,
         )
 
@@ -174,7 +182,7 @@ def checked_arrays(R, F, E, z, where, keys=None, require_forces=True):
         _check_finite(E, where, keys["E"])
 
     if z is not None:
-        z = _atomic_numbers(z, n_atoms, where, keys["z"])
+        z = _atomic_numbers(z, n_atoms, where, keys["z"], n_frames)
     return R, F, E, z
 
 
@@ -292,10 +300,16 @@ def _check_finite(array, where, key):
     raise DatasetError(f"{where}: {key}: {position} is not finite ({array[first]})")
 
 
-def _atomic_numbers(z, n_atoms, where, key):
+def _atomic_numbers(z, n_atoms, where, key, n_frames=None):
+    """z (N,) checked, or z (M, N) per frame with 0 for padded slots (several compositions)."""
     array = np.asarray(z)
     if array.dtype.kind not in "iuf":
         raise DatasetError(f"{where}: {key}: expected integer atomic numbers, got dtype {array.dtype}")
+    if array.ndim == 2 and n_frames is not None:
+        try:
+            return mixed.checked_elements(array, n_frames, n_atoms, what=key)
+        except ValueError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
     if array.shape != (n_atoms,):
         raise DatasetError(f"{where}: {key}: expected shape ({n_atoms},) (one per atom), got {array.shape}")
     values = array.astype(np.float64)
@@ -487,13 +501,22 @@ def _load_xyz(path, labels, require_forces=True, energy_key=None, forces_key=Non
         raise DatasetError(f"{path}: cannot read as extended XYZ: {exc}") from exc
     if not frames:
         raise DatasetError(f"{path}: no frames")
-    z = _common_species([atoms.numbers for atoms in frames], path)
-    R = np.stack([atoms.positions for atoms in frames])
+    z = _common_species([atoms.numbers for atoms in frames])
+    padded = z is None  # several compositions: padded arrays (runtime/mixed.py)
+    if padded:
+        z = _padded([atoms.numbers for atoms in frames])
+    R = _padded([atoms.positions for atoms in frames])
     f_key, F = _xyz_labels(frames, forces_key, _XYZ_FORCES_KEYS, _frame_forces, path)
     e_key, E = _xyz_labels(frames, energy_key, _XYZ_ENERGY_KEYS, _frame_energy, path)
     keys = {"R": "positions", "F": f_key, "E": e_key, "z": "numbers"}
     R, F, E, z = checked_arrays(R, F, E, z, str(path), keys, require_forces=require_forces)
-    h_key, H, H_frames = _xyz_hessians(frames, hessian_key, len(z), path)
+    if padded:
+        hessian_keys = [k for k in ([hessian_key] if hessian_key else _XYZ_HESSIAN_KEYS)
+                        if any(k in atoms.info for atoms in frames)]
+        if hessian_keys:
+            raise DatasetError(f"{path}: Hessians ({hessian_keys[0]}) with frames of several compositions are not "
+                               "supported yet")
+    h_key, H, H_frames = _xyz_hessians(frames, hessian_key, R.shape[1], path)
     H, H_frames = checked_hessians(H, H_frames, *R.shape[:2], str(path), {"H": h_key})
     return Dataset(
         R=R, z=z, F=F, E=E, H=H, H_frames=H_frames,
@@ -506,22 +529,21 @@ def _load_xyz(path, labels, require_forces=True, energy_key=None, forces_key=Non
     )
 
 
-def _common_species(numbers, path):
-    """The atomic numbers shared by all frames; a model needs one fixed atom order."""
+def _common_species(numbers):
+    """The atomic numbers shared by all frames, or None if the frames' compositions differ."""
     first = numbers[0]
-    for frame, current in enumerate(numbers[1:], start=1):
-        if len(current) != len(first):
-            raise DatasetError(
-                f"{path}: numbers: atom count changes between frames: "
-                f"frame {frame} has {len(current)} atoms but frame 0 has {len(first)}"
-            )
-        if not np.array_equal(current, first):
-            atom = int(np.argmax(current != first))
-            raise DatasetError(
-                f"{path}: numbers: species change between frames: frame {frame} has "
-                f"{current.tolist()} but frame 0 has {first.tolist()} (first difference at atom {atom})"
-            )
-    return first
+    if all(len(current) == len(first) and np.array_equal(current, first) for current in numbers[1:]):
+        return first
+    return None
+
+
+def _padded(arrays) -> np.ndarray:
+    """Per-frame arrays of different lengths stacked, padded with zeros to the longest."""
+    out = np.zeros((len(arrays), max(len(a) for a in arrays)) + np.shape(arrays[0])[1:],
+                   dtype=np.result_type(*arrays))
+    for k, a in enumerate(arrays):
+        out[k, :len(a)] = a
+    return out
 
 
 def _xyz_labels(frames, key, default_keys, read, path):
@@ -588,6 +610,8 @@ def _per_frame(values, what, path):
     if missing:
         present = next(frame for frame, value in enumerate(values) if value is not None)
         raise DatasetError(f"{path}: {what}: frame {missing[0]} has no {what} but frame {present} has")
+    if len({np.shape(v) for v in values}) > 1:  # per-atom values of frames of several compositions
+        return _padded(values)
     return np.stack(values)
 
 

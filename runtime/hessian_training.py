@@ -90,9 +90,11 @@ def observed_geometries(model, R, z, D, JAC) -> list:
 # --------------------------------------------------------------------------- Hessian rows of pieces
 
 def _piece_entries(layout, CT, d, pieces: dict, query: ObservedGeometry) -> np.ndarray:
-    """(pieces, T): the independent Hessian entries at ``query`` of each piece's energy share,
-    from its coefficients CT (columns, pieces) over the basis; ``pieces``: the pieces' basis vectors
-    dp, beta (, gamma) as columns (F, pieces)."""
+    """(T, pieces): the independent Hessian entries at ``query`` of each piece's energy share, from
+    its coefficients CT (columns, pieces) over the basis; ``pieces``: the pieces' basis vectors dp,
+    beta (, gamma) as columns (F, pieces).  Entries are rows, so every gather reads whole rows of
+    the projected vectors (3N, pieces), and each left vector u needs one product with the sum of
+    its right vectors."""
     n3 = query.J.shape[1]
     iu, ju = upper_entries(n3)
     basis = _Basis(d, _Columns(pieces))
@@ -103,15 +105,14 @@ def _piece_entries(layout, CT, d, pieces: dict, query: ObservedGeometry) -> np.n
             projected[name] = query.J.T @ basis[name]
         return projected[name]
 
-    out = np.zeros((CT.shape[1], len(iu)))
+    gradient = _piece_gradients(layout, CT, basis)  # (F, pieces)
+    out = query.C[:, iu, ju].T @ gradient  # the descriptor's curvature weighted by each gradient
     if layout.identity is not None:
         JtJ = query.J.T @ query.J
-        out += CT[layout.identity][:, None] * JtJ[iu, ju][None, :]
+        out += JtJ[iu, ju][:, None] * CT[layout.identity][None, :]
     for u, terms in layout.terms.items():
-        for k, w in terms:
-            out += CT[k][:, None] * (P(u)[iu].T * P(w)[ju].T)
-    gradient = _piece_gradients(layout, CT, basis)  # (F, pieces)
-    out += gradient.T @ query.C[:, iu, ju]
+        right = sum(CT[k] * P(w) for k, w in terms)  # (3N, pieces): sum_w c_uw (J^T w)
+        out += P(u)[iu] * right[ju]
     return out
 
 
@@ -131,10 +132,11 @@ class _Columns:
         self.columns = pieces
 
 
-def _force_piece_entries(model, hyper, query, dp, beta):
-    """Hessian entries at ``query`` of force pieces (dp, beta) (rows (pieces, F) each)."""
+def _force_piece_entries(model, hyper, query, dp, beta, weights=None):
+    """Hessian entries at ``query`` of force pieces (dp, beta) (rows (pieces, F) each); with
+    ``weights`` (pieces,), energy pieces w k(d, dp) are added (an energy observation's share)."""
     C = np.empty((len(dp), len(model.hessian_columns)))
-    model.hessian_coefficients(query.d, dp, beta, np.zeros(len(dp)), hyper, C)
+    model.hessian_coefficients(query.d, dp, beta, np.zeros(len(dp)) if weights is None else weights, hyper, C)
     return _piece_entries(ColumnLayout.of(model.hessian_columns), np.ascontiguousarray(C.T), query.d,
                           {"dp": dp.T, "beta": beta.T}, query)
 
@@ -157,8 +159,7 @@ def hessian_column_entries(model, hyper, query: ObservedGeometry, column: Observ
     dp = np.repeat(column.d[None], len(iu), axis=0)
     JT = np.ascontiguousarray(column.J.T)
     second = _observation_piece_entries(model, hyper, query, dp, JT[iu], JT[ju])
-    curvature = _force_piece_entries(model, hyper, query, dp, np.ascontiguousarray(-column.C[:, iu, ju].T))
-    return (second + curvature).T
+    return second + _force_piece_entries(model, hyper, query, dp, np.ascontiguousarray(-column.C[:, iu, ju].T))
 
 
 def force_column_entries(model, hyper, query: ObservedGeometry, D, J) -> np.ndarray:
@@ -167,28 +168,40 @@ def force_column_entries(model, hyper, query: ObservedGeometry, D, J) -> np.ndar
     m, n_features, n3 = J.shape
     dp = np.repeat(D, n3, axis=0)
     beta = np.ascontiguousarray(J.transpose(0, 2, 1).reshape(m * n3, n_features))
-    return _force_piece_entries(model, hyper, query, dp, beta).T
+    return _force_piece_entries(model, hyper, query, dp, beta)
 
 
-def assemble_hessian_rows(model, D, JAC, fperms, hyper, observed: list, K, n_force_rows, progress=True):
+def energy_column_entries(model, hyper, query: ObservedGeometry, D) -> np.ndarray:
+    """Cov(H(x), E(x_m)) (T, M) of permuted training geometries with descriptors D (M, F): the
+    Hessian entries at ``query`` of k(D(x), d_m)."""
+    return _force_piece_entries(model, hyper, query, D, np.zeros_like(D), np.ones(len(D)))
+
+
+def assemble_hessian_rows(model, D, JAC, fperms, hyper, observed: list, K, n_force_rows, progress=True,
+                          energy_rows=False):
     """Writes the Hessian observations' rows into the training matrix K (C-ordered, upper triangle
-    read by the solver): for each observed geometry a (rows n_force_rows + a T ...), its covariance
-    with every force column (written transposed, into the force rows: the upper triangle) and with
-    every observed geometry b >= a.  ``observed``: ObservedGeometry per observed geometry."""
+    read by the solver): for each observed geometry a (rows n_force_rows + a T ..., after the M
+    energy rows with ``energy_rows``), its covariance with every force column and energy column
+    (written transposed, into those rows: the upper triangle) and with every observed geometry
+    b >= a.  ``observed``: ObservedGeometry per observed geometry."""
     m, n_features = D.shape
     n3 = observed[0].J.shape[1]
     T = n3 * (n3 + 1) // 2
+    first = n_force_rows + (m if energy_rows else 0)  # the first Hessian row
     J = dense_jacobians(model, JAC, n_features, n3)
     with Progress(len(observed), "Hessian rows", enabled=progress) as bar:
         for a, query in enumerate(observed):
-            rows = slice(n_force_rows + a * T, n_force_rows + (a + 1) * T)
+            rows = slice(first + a * T, first + (a + 1) * T)
             for start in range(0, m, FORCE_FRAMES_PER_CALL):
                 frames = slice(start, min(start + FORCE_FRAMES_PER_CALL, m))
                 block = sum(force_column_entries(model, hyper, query, D[frames][:, p], J[frames][:, p])
                             for p in fperms)
                 K[frames.start * n3:frames.stop * n3, rows] = block.T
+            if energy_rows:
+                K[n_force_rows:n_force_rows + m, rows] = sum(energy_column_entries(model, hyper, query, D[:, p])
+                                                             for p in fperms).T
             for b in range(a, len(observed)):
-                columns = slice(n_force_rows + b * T, n_force_rows + (b + 1) * T)
+                columns = slice(first + b * T, first + (b + 1) * T)
                 K[rows, columns] = sum(hessian_column_entries(model, hyper, query, observed[b].permuted(p))
                                        for p in fperms)
             bar.update(1)
@@ -238,8 +251,10 @@ def with_observations(model, backend, state, fperms, training, observed=None):
         D, JAC = backend.evaluate(state.R_hessian, state.z)
         observed = observed_geometries(model, state.R_hessian, state.z, D, JAC)
     pieces = observation_pieces(observed, state.hessian_weights, fperms)
+    # the appended force pieces carry no energy weight
+    WT = None if training.WT is None else np.concatenate([training.WT, np.zeros(len(pieces.force_DT))])
     return dataclasses.replace(training, DT=np.ascontiguousarray(np.concatenate([training.DT, pieces.force_DT])),
-                               BT=np.ascontiguousarray(np.concatenate([training.BT, pieces.force_BT])),
+                               BT=np.ascontiguousarray(np.concatenate([training.BT, pieces.force_BT])), WT=WT,
                                observations=pieces.side)
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.build.compiled import PredictionSide, numba_threads, threads_for
+from compiler.build.compiled import PredictionSide, SiteJacobians, numba_threads, threads_for
 from compiler.build.hessian import HessianSide, site_hessian
 
-from . import prediction
+from . import mixed, prediction
 from .backends import CpuBackend
 from .assembly import assemble
 
@@ -32,6 +32,13 @@ def site_rows(X, n_atoms):
     return X.reshape(X.shape[0] * n_atoms, -1)
 
 
+def site_elements(z, m) -> np.ndarray:
+    """The element of every site of M geometries, geometry after geometry (M N,): z (N,) shared by
+    all or (M, N) per geometry (0: a padded slot, runtime/mixed.py)."""
+    z = np.asarray(z, dtype=np.float64)
+    return z.ravel() if z.ndim == 2 else np.tile(z, m)
+
+
 class SiteSides:
     """The training atoms of a local model, one PredictionSide per element: the atoms' feature
     vectors DT and coefficients BT (rows of site_rows), for the generated prediction kernels, and
@@ -39,14 +46,22 @@ class SiteSides:
 
     def __init__(self, D, B, z, W=None):
         self.z = np.asarray(z, dtype=np.float64)
-        self.n_atoms = len(self.z)
-        elements = np.tile(self.z, D.shape[0])  # of every training atom, geometry after geometry
+        self.n_atoms = self.z.shape[-1]
+        elements = site_elements(self.z, D.shape[0])  # of every training atom, geometry after geometry
         DS, BS = site_rows(D, self.n_atoms), site_rows(B, self.n_atoms)
         WS = None if W is None else np.repeat(np.asarray(W, dtype=np.float64), self.n_atoms)
         # per element: the training atoms' vectors, coefficients and energy weights, and their prediction side
-        self.rows = {e: (np.ascontiguousarray(DS[elements == e]), np.ascontiguousarray(BS[elements == e]),
-                         None if WS is None else WS[elements == e]) for e in np.unique(self.z)}
+        self._masks = {e: elements == e for e in np.unique(elements) if e > 0}
+        self.rows = {e: (np.ascontiguousarray(DS[same]), np.ascontiguousarray(BS[same]),
+                         None if WS is None else WS[same]) for e, same in self._masks.items()}
         self.sides = {e: PredictionSide(DT, BT) for e, (DT, BT, _) in self.rows.items()}
+
+    def set_coefficients(self, B):
+        """New coefficients B (M, N F_site) for the same training atoms (a CG product): each element's
+        side keeps its centring and norms (PredictionSide.set_coefficients)."""
+        BS = site_rows(B, self.n_atoms)
+        for e, same in self._masks.items():
+            self.sides[e].set_coefficients(BS[same])
 
     def check_elements(self, zq):
         """ValueError naming the first query atom whose element has no training atom (its
@@ -91,9 +106,9 @@ def add_energy_weight_terms_local(model, DQ, JACQ, zq, DT, WT, zt, hyper, E, F):
     of a joint energy+force model (and the energy columns of its training matrix), with training
     geometries DT (T, N_t F_site) of elements zt.  The generated predict_energy_weights runs once per
     query atom i, with that atom's rows of the Jacobian, against the training atoms of its element."""
-    n_atoms, n_site = len(zq), DQ.shape[1] // len(zq)
+    n_atoms, n_site, n_training = len(zq), DQ.shape[1] // len(zq), np.shape(zt)[-1]
     atoms = model.descriptor.atom_table(n_atoms)
-    ST, WS, elements = site_rows(DT, len(zt)), np.repeat(WT, len(zt)), np.tile(zt, len(DT))
+    ST, WS, elements = site_rows(DT, n_training), np.repeat(WT, n_training), site_elements(zt, len(DT))
     with numba_threads(threads_for(DQ.shape[0])):
         for i in range(n_atoms):
             rows, same = slice(i * n_site, (i + 1) * n_site), elements == zq[i]
@@ -107,7 +122,7 @@ def hessians_local(model, R, zq, D, JAC, hessian_sides, hyper):
     vector d_i, through its Jacobian J_i (compiler/build/hessian.py, as for a global model's one
     vector), summed over atoms; then the descriptor's curvature weighted by every atom's gradient."""
     q_count, n_atoms = D.shape[0], len(zq)
-    JD = model.descriptor.site_jacobians(JAC, n_atoms).dense
+    JD = model.descriptor.dense_site_jacobians(JAC, n_atoms)
     n_site = JD.shape[2]
     H = np.zeros((q_count, 3 * n_atoms, 3 * n_atoms))
     for q in range(q_count):
@@ -124,14 +139,18 @@ def hessians_local(model, R, zq, D, JAC, hessian_sides, hyper):
 
 class LocalRows:
     """The row writer runtime/assembly.py calls (assemble_rows), for a local kernel's blocks:
-    every training geometry has the atoms' elements ``z``; there are no permutations.  The dense
-    site Jacobians of the last JAC seen are kept: assembly calls once per chunk of rows."""
+    every training geometry has the atoms' elements ``z`` ((N,), or (M, N) for padded geometries of
+    several compositions, runtime/mixed.py); there are no permutations.  The dense site Jacobians
+    of the last JAC seen are kept: assembly calls once per chunk of rows.  Padded geometries come
+    with their SiteJacobians in place of JAC."""
 
     def __init__(self, model, z):
         self.model, self.z = model, np.asarray(z, dtype=np.float64)
         self._dense = (None, None)  # (JAC, its site Jacobians)
 
     def _site_jacobians(self, JAC, n_atoms):
+        if isinstance(JAC, SiteJacobians):
+            return JAC
         if self._dense[0] is not JAC:
             self._dense = (JAC, self.model.descriptor.site_jacobians(JAC, n_atoms))
         return self._dense[1]
@@ -156,6 +175,7 @@ class LocalTrainingProduct:
         self.model, self.z = model, np.asarray(z, dtype=np.float64)
         self.D, self.JAC, self.hyper = np.array(D, dtype=np.float64), np.array(JAC, dtype=np.float64), np.array(hyper)
         self.m = self.D.shape[0]
+        self.sides = SiteSides(self.D, np.zeros_like(self.D), self.z)  # the coefficients change per product
 
     def prepared_for(self, D, JAC, fperms, hyper):
         return all(np.shape(a) == b.shape and np.array_equal(a, b)
@@ -168,7 +188,8 @@ class LocalTrainingProduct:
             raise ValueError(f"V: expected {self.m} x {n_atoms} x 3 entries, got shape {V.shape}")
         with numba_threads(1):
             B = self.model.contract(self.JAC, V.reshape(self.m, n_atoms, 3))
-        E, F = predict_local(self.model, self.D, self.JAC, self.z, SiteSides(self.D, B, self.z), self.hyper)
+        self.sides.set_coefficients(B)
+        E, F = predict_local(self.model, self.D, self.JAC, self.z, self.sides, self.hyper)
         return E, F.reshape(V.shape)
 
     def matvec(self, V):
@@ -203,7 +224,23 @@ class LocalCpuBackend(CpuBackend):
             self._prepared = (training, SiteSides(training.DT, training.BT, training.z, training.WT))
         return self._prepared[1]
 
+    def evaluate(self, R, z):
+        """(D, JAC) of geometries of one composition z (N,); of padded geometries (z (M, N)), D and
+        their SiteJacobians (runtime/mixed.py)."""
+        if not mixed.is_padded(z):
+            return super().evaluate(R, z)
+
+        def one_composition(r, elements):
+            D, JAC = super(LocalCpuBackend, self).evaluate(r, elements)
+            return D, self.model.descriptor.dense_site_jacobians(JAC, len(elements))
+        return mixed.padded_descriptors(one_composition, R, z, R.shape[1])
+
+    def contract(self, JAC, V):
+        return mixed.contract_sites(JAC, V) if isinstance(JAC, SiteJacobians) else super().contract(JAC, V)
+
     def predict(self, R, z, training):
+        if mixed.is_padded(z):
+            return mixed.scattered(R, z, lambda r, elements: self.predict(r, elements, training), "EF")
         sides = self.prepare(training)
         zq = np.asarray(z, dtype=np.float64)
         sides.check_elements(zq)
@@ -215,6 +252,8 @@ class LocalCpuBackend(CpuBackend):
         return E, F
 
     def hessian(self, R, z, training):
+        if mixed.is_padded(z):
+            return mixed.scattered(R, z, lambda r, elements: (self.hessian(r, elements, training),), "H")[0]
         if self._hessian_prepared[0] is not training:
             sides = self.prepare(training)
             self._hessian_prepared = (training, {e: HessianSide(*rows) for e, rows in sides.rows.items()})

@@ -18,7 +18,7 @@ import numpy as np
 from compiler import checks, compile_model
 from compiler.library import resolve
 
-from . import cg, data, distributed, hessian_training, symmetry
+from . import cg, data, distributed, hessian_training, mixed, symmetry
 from .assembly import allocate_training_matrix, check_memory, dense_fits
 from .backends import make_backend
 from .preconditioner import PRECONDITIONERS, LowRankPreconditioner, TrainingColumns, make_preconditioner
@@ -203,7 +203,7 @@ class GDML:
         """The state with some values changed; values prediction only scales by (label_scale,
         energy_constant, lam_used) keep the prepared training arrays."""
         state = dataclasses.replace(self._required_state(), **values)
-        if set(values) <= {"label_scale", "energy_constant", "lam_used"}:
+        if set(values) <= {"label_scale", "energy_constant", "element_energies", "lam_used"}:
             self._state = state
         else:
             self.state = state
@@ -240,9 +240,11 @@ class GDML:
 
     # ------------------------------------------------------------------ training
     def fit(self, R, F, E=None, z=None, valid=None, validated=False, H=None, H_frames=None):
-        """Train on geometries R (M, N, 3), forces F, optional energies E, and optional Hessians
-        H (K, 3N, 3N) of the frames H_frames (K,; default: every frame) as observations beside the
-        forces (runtime/hessian_training.py: global models, dense solver, CPU).
+        """Train on geometries R (M, N, 3) of atoms z (N,), forces F, optional energies E, and optional
+        Hessians H (K, 3N, 3N) of the frames H_frames (K,; default: every frame) as observations beside
+        the forces (runtime/hessian_training.py: global models, dense solver, CPU).  A local model
+        also takes geometries of several compositions: z (M, N) per frame, 0 for an empty slot
+        (runtime/mixed.py), and then valid=(R, F, E, z).
 
         ``valid``: (R, F, E) used to choose sigma when several are given.
         Every array is validated before any work starts (``validated``: the geometries R and
@@ -281,9 +283,12 @@ class GDML:
         """Training and validation arrays, each validated once, before any assembly."""
         if z is None:
             raise ValueError("z (atomic numbers, shape (n_atoms,)) is required for training")
-        R, F, E, z = data.checked_arrays(R, F, E, z, "training data")
-        if not validated:
-            checks.geometries(R, "training geometries")
+        if mixed.is_padded(z):
+            R, F, E, z = self._checked_padded(R, F, E, z, "training")
+        else:
+            R, F, E, z = data.checked_arrays(R, F, E, z, "training data")
+            if not validated:
+                checks.geometries(R, "training geometries")
         if self.energy_constraints and E is None:
             raise ValueError("energy_constraints=True needs training energies E")
         if len(self.sigma_grid) > 1 and valid is None:
@@ -291,13 +296,33 @@ class GDML:
                              "(valid=(R, F, E)); or pass one sigma")
         if valid is None:
             return R, F, E, z, None
-        if not isinstance(valid, (tuple, list)) or len(valid) not in (2, 3):
-            raise ValueError("valid must be a tuple (R, F) or (R, F, E)")
-        Rv, Fv, Ev = (*valid, None)[:3]
+        if not isinstance(valid, (tuple, list)) or len(valid) not in (2, 3, 4):
+            raise ValueError("valid must be a tuple (R, F), (R, F, E) or, for several compositions, (R, F, E, z)")
+        Rv, Fv, Ev, zv = (*valid, None, None)[:4]
+        if zv is not None:
+            return R, F, E, z, self._checked_padded(Rv, Fv, Ev, zv, "validation")
+        if mixed.is_padded(z):
+            raise ValueError("validation geometries for a model of several compositions need their elements: "
+                             "valid=(R, F, E, z)")
         Rv, Fv, Ev, _ = data.checked_arrays(Rv, Fv, Ev, None, "validation data")
         if not validated or Rv.shape[1] != R.shape[1]:
             checks.geometries(Rv, "validation geometries", n_atoms=R.shape[1])
-        return R, F, E, z, (Rv, Fv, Ev)
+        return R, F, E, z, (Rv, Fv, Ev, z)
+
+    def _checked_padded(self, R, F, E, Z, role):
+        """Padded geometries of several compositions (runtime/mixed.py), for a local model only; the
+        forces of padded slots are set to 0 (they are not labels)."""
+        if not self.local:
+            raise ValueError(f"{role} geometries of several compositions (z of shape (M, N)) need a local model: "
+                             "a global kernel compares whole molecules of one composition")
+        if self.energy_constraints:
+            raise ValueError("energy constraints are not available for geometries of several compositions yet "
+                             "(their energies differ by per-element constants): train without them")
+        R, F, E, _ = data.checked_arrays(R, F, E, None, f"{role} data")
+        Z = mixed.checked_elements(Z, *R.shape[:2], what=f"{role} z")
+        R = mixed.checked_geometries(R, Z, f"{role} geometries")
+        F = np.where((Z > 0)[..., None], F, 0.0)
+        return R, F, E, Z
 
     def _checked_hessians(self, H, H_frames, R):
         """(H, H_frames) validated, or None; refused, saying why, where training on Hessians is not
@@ -305,8 +330,8 @@ class GDML:
         H, H_frames = data.checked_hessians(H, H_frames, R.shape[0], R.shape[1], "training data")
         if H is None:
             return None
-        why = ("local models" if self.local else "energy constraints" if self.energy_constraints
-               else "a cluster" if self.client is not None else "the CG solver" if self.solver == "cg" else None)
+        why = ("local models" if self.local else "a cluster" if self.client is not None
+               else "the CG solver" if self.solver == "cg" else None)
         if why is not None:
             raise ValueError(f"training on Hessians is not available with {why} yet: train on forces only "
                              "(drop the Hessians) or use a global model with the dense solver")
@@ -325,7 +350,8 @@ class GDML:
             D, JAC = self.backend.evaluate(R, z)
         if self.local:
             self.backend.elements = z  # the local blocks and products pair atoms of one element
-        label_scale = rms(F - np.mean(F)) or 1.0  # np.std(F), without overflow
+        labelled = F[z > 0] if mixed.is_padded(z) else F  # padded slots carry no labels
+        label_scale = rms(labelled - np.mean(labelled)) or 1.0  # np.std(F), without overflow
         # what every candidate shares; each sets alpha, B_train, sigma, lam and the energy constant
         base = TrainedState(z=z, R_train=R, perms=perms, alpha=None, D_train=D, B_train=None,
                             energy_weights=None, sigma=None, lam_used=None, label_scale=label_scale,
@@ -342,6 +368,9 @@ class GDML:
         y = y / label_scale
 
         solver = "cholesky" if hessians is not None else self._solver_for(len(y))
+        if solver == "cg" and mixed.is_padded(z):
+            raise ValueError("CG is not available for geometries of several compositions yet: use the dense "
+                             "solver (solver='cholesky'; its matrix must fit in memory)")
         if self.resume and solver != "cg":
             raise ValueError(f"resuming continues a CG solve, but this training uses the {solver} solver: "
                              "pass solver='cg' (--solver cg)")
@@ -463,11 +492,13 @@ class GDML:
                                   energy_rows=self.energy_constraints)
             return
         n_force = 3 * n_atoms * D.shape[0]
-        forces = np.empty((n_force, n_force))  # the generated assembly writes C-ordered square matrices
-        self.backend.assemble(D, JAC, fperms, hyper, n_atoms, forces, progress=self.progress)
-        K[:n_force, :n_force] = forces
+        n_corner = n_force + (D.shape[0] if self.energy_constraints else 0)
+        corner = np.empty((n_corner, n_corner))  # the generated assembly writes C-ordered square matrices
+        self.backend.assemble(D, JAC, fperms, hyper, n_atoms, corner, progress=self.progress,
+                              energy_rows=self.energy_constraints)
+        K[:n_corner, :n_corner] = corner
         hessian_training.assemble_hessian_rows(self.model, D, JAC, fperms, hyper, self._observed, K, n_force,
-                                               progress=self.progress)
+                                               progress=self.progress, energy_rows=self.energy_constraints)
 
     def _solve_cg(self, base, JAC, fperms, sigma, y):
         """(alpha, lam, {cg_iterations, cg_residual, cg_preconditioner, cg_rank}) by matrix-free
@@ -537,9 +568,9 @@ class GDML:
         """Install the state of one solution alpha (its energy constant comes next)."""
         with self._stage("coefficients"):
             m, n = base.D_train.shape[0], base.n_atoms
-            energy_weights = alpha[3 * n * m:] if self.energy_constraints else None
-            hessian_weights = (None if base.R_hessian is None
-                               else alpha[3 * n * m:].reshape(len(base.R_hessian), -1))
+            energy_weights = alpha[3 * n * m:3 * n * m + m] if self.energy_constraints else None
+            first = 3 * n * m + (m if self.energy_constraints else 0)  # the Hessian rows follow
+            hessian_weights = None if base.R_hessian is None else alpha[first:].reshape(len(base.R_hessian), -1)
             alpha = alpha[:3 * n * m].reshape(m, n, 3)
             state = dataclasses.replace(base, alpha=alpha, B_train=self.backend.contract(JAC, alpha),
                                         energy_weights=energy_weights, sigma=float(sigma), lam_used=float(lam),
@@ -557,7 +588,11 @@ class GDML:
         self.backend.prepare(self._training)
 
     def _fit_energy_constant(self, E):
+        """The energy constant: the mean residual of the training energies; for geometries of several
+        compositions one energy per element instead (least squares over the element counts, minimum
+        norm where compositions do not determine them), since their energies differ by atoms."""
         with self._stage("energy_constant"):
+            element_energies = None
             if E is None:
                 constant = None
             elif self.energy_constraints:
@@ -565,70 +600,112 @@ class GDML:
             else:
                 E_pred, _ = self._predict_checked(self._state.R_train)  # with the constant 0
                 constant = float(np.mean(E - E_pred))
-            self._replace_state(energy_constant=constant)
+                if mixed.is_padded(self._state.z):
+                    counts = mixed.element_counts(self._state.z)
+                    element_energies = np.linalg.lstsq(counts, E - E_pred, rcond=None)[0]
+                    constant = 0.0
+            self._replace_state(energy_constant=constant, element_energies=element_energies)
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, R, batch=2000, progress=None, validated=False, hessian=False):
+    def predict(self, R, batch=2000, progress=None, validated=False, hessian=False, z=None):
         """Energies (M,) and forces (M, N, 3) for R (N, 3) or (M, N, 3); with ``hessian``
         also the Hessians d2E/dx2 (M, 3N, 3N), in energy units per length squared (the
         coordinates of atom a are rows 3a, 3a + 1, 3a + 2).
 
+        ``z``: the atoms' elements, by default the training molecule's.  A local model predicts any
+        geometry whose elements it has seen: z (N,) for R of N atoms, or z (M, N) per geometry
+        (several compositions, padded with 0: runtime/mixed.py; padded slots get zero forces).
         Energies are relative (no constant) when the model was trained without energies.
         ``validated``: R (M, N, 3) already passed checks.geometries (with this model's atoms)."""
         if not self._trained:
             raise RuntimeError("the model is not trained: call fit() or GDML.load()")
-        if validated and np.ndim(R) == 3 and np.shape(R)[1] == self.n_atoms:
+        z = self._query_elements(z)
+        if mixed.is_padded(z):
+            single = np.ndim(R) == 2
+            R3 = mixed.checked_geometries(np.asarray(R)[None] if single else R, np.reshape(z, (-1, np.shape(z)[-1])))
+            z = np.reshape(z, (len(R3), -1))
+        elif validated and np.ndim(R) == 3 and np.shape(R)[1] == len(z):
             R3, single = np.ascontiguousarray(R, dtype=np.float64), False
         else:
-            R3, single = checks.geometries(R, "R", n_atoms=self.n_atoms)
+            R3, single = checks.geometries(R, "R", n_atoms=len(z))
         if hessian:
             self.model.require_hessians()  # before any work: says why a kernel has none
-        E, F = self._predict_checked(R3, batch, progress)
+        E, F = self._predict_checked(R3, batch, progress, z)
         if not hessian:
             return (E[0], F[0]) if single else (E, F)
-        H = self._hessians_checked(R3)
+        H = self._hessians_checked(R3, z)
         return (E[0], F[0], H[0]) if single else (E, F, H)
 
-    def _hessians_checked(self, R3):
+    def _query_elements(self, z):
+        """The elements of query geometries: the training molecule's by default; others only for a
+        local model (checked: 1..118, or padded per geometry)."""
+        if z is None:
+            if mixed.is_padded(self.z):
+                raise ValueError("this model was trained on several compositions: pass the query atoms' "
+                                 "elements, z=(N,) or z=(M, N)")
+            return self.z
+        if not self.local:
+            if np.array_equal(np.asarray(z), self.z):
+                return self.z
+            raise ValueError("a global model predicts the molecule it was trained on; z differs from its "
+                             f"training atoms {self.z.tolist()}")
+        if np.ndim(z) == 2:
+            return mixed.checked_elements(z, *np.shape(z))
+        return data.checked_arrays(np.zeros((1, np.size(z), 3)), None, None, z, "query", require_forces=False)[3]
+
+    def _hessians_checked(self, R3, z=None):
         """d2E/dx2 (M, 3N, 3N) for validated geometries; NonFiniteResultError naming a frame."""
         state = self._state
-        H = self.backend.hessian(R3, state.z, self._training)
+        H = self.backend.hessian(R3, state.z if z is None else z, self._training)
         H *= state.label_scale
         _check_finite_frames("Hessian", H)
         return H
 
-    def _predict_checked(self, R3, batch=2000, progress=False):
-        """predict() for (M, N, 3) geometries already validated (training, validation data)."""
+    def _predict_checked(self, R3, batch=2000, progress=False, z=None):
+        """predict() for (M, N, 3) geometries already validated (training, validation data), whose
+        atoms' elements are z (default: the training molecule's; (M, N): per geometry)."""
         state = self._state
+        z = state.z if z is None else z
         E = np.empty(len(R3))
         F = np.empty(R3.shape)
         show = (self.progress if progress is None else progress) and len(R3) > batch
         with Progress(len(R3), "prediction", enabled=show) as bar:
             for start in range(0, len(R3), batch):
                 chunk = slice(start, start + batch)
-                E[chunk], F[chunk] = self.backend.predict(R3[chunk], state.z, self._training)
+                E[chunk], F[chunk] = self.backend.predict(R3[chunk], z[chunk] if mixed.is_padded(z) else z,
+                                                          self._training)
                 bar.update(len(R3[chunk]))
         E *= state.label_scale
         F *= state.label_scale
         if state.energy_constant is not None:
             E += state.energy_constant
+        if state.element_energies is not None:
+            E += mixed.element_counts(z if mixed.is_padded(z) else np.broadcast_to(z, (len(E), len(z)))) \
+                @ state.element_energies
         _check_finite_frames("prediction", E, F)
         return E, F
 
-    def evaluate(self, R, F, E=None, validated=False):
+    def evaluate(self, R, F, E=None, validated=False, z=None):
         """Error table against reference forces (and energies).  ``validated``: R already passed
-        checks.geometries (with this model's atoms)."""
+        checks.geometries (with this model's atoms).  ``z``: as in predict()."""
         if not self._trained:
             raise RuntimeError("the model is not trained: call fit() or GDML.load()")
+        z = self._query_elements(z)
+        if mixed.is_padded(z):
+            R, F, E, z = self._checked_padded(R, F, E, z, "reference")
+            return self._evaluate_checked(R, F, E, z)
         R, F, E, _ = data.checked_arrays(R, F, E, None, "reference data")
-        if not validated or R.shape[1] != self.n_atoms:
-            checks.geometries(R, "reference geometries", n_atoms=self.n_atoms)
-        return self._evaluate_checked(R, F, E)
+        if not validated or R.shape[1] != len(z):
+            checks.geometries(R, "reference geometries", n_atoms=len(z))
+        return self._evaluate_checked(R, F, E, z)
 
-    def _evaluate_checked(self, R, F, E):
-        E_pred, F_pred = self._predict_checked(R)
+    def _evaluate_checked(self, R, F, E, z=None):
+        """The error table; for padded geometries (z (M, N)) over their real atoms only."""
+        E_pred, F_pred = self._predict_checked(R, z=z)
         if self.energy_constant is None:
             E = None
+        if z is not None and mixed.is_padded(z):
+            F_pred, F = F_pred[z > 0], F[z > 0]
         errors = error_table(E_pred, F_pred, E, F)
         bad = [name for name, value in errors.items() if not np.isfinite(value)]
         if bad:
@@ -647,7 +724,8 @@ class GDML:
         values = {"alpha": self.alpha, "coefficients": self.B_train, "training descriptors": self.D_train,
                   "energy weights": self.energy_weights, "Hessian weights": self.hessian_weights,
                   "label scale": self.label_scale,
-                  "energy constant": self.energy_constant, "sigma": self.sigma}
+                  "energy constant": self.energy_constant, "element energies": self.element_energies,
+                  "sigma": self.sigma}
         bad = [name for name, v in values.items() if v is not None and not np.all(np.isfinite(v))]
         if bad:
             raise TrainingError(f"refusing to save a model whose {', '.join(bad)} are not finite")
@@ -669,7 +747,7 @@ def _state_attribute(name):
 
 
 for _name in ("z", "R_train", "perms", "alpha", "D_train", "B_train", "energy_weights", "sigma", "lam_used",
-              "label_scale", "energy_constant", "R_hessian", "hessian_weights"):
+              "label_scale", "energy_constant", "element_energies", "R_hessian", "hessian_weights"):
     setattr(GDML, _name, _state_attribute(_name))
 GDML.n_atoms = property(lambda self: self._required_state().n_atoms, doc="atoms of the trained molecule")
 

@@ -36,6 +36,7 @@ from compiler.dsl import (DEFAULT_INDEX_SPACE, INDEX_SPACES, Combination, DSLFun
 from compiler.errors import CompileError, DSLError
 from compiler.front.parser import module_constants, parse_descriptor, parse_kernel
 
+from . import mixed
 from .trained import TrainedState
 
 FORMAT = "gdmlc-model"
@@ -75,6 +76,8 @@ def save_model(model, path):
         arrays["energy_weights"] = np.asarray(state.energy_weights)
     if state.hessian_observations:
         arrays["R_hessian"], arrays["hessian_weights"] = state.R_hessian, state.hessian_weights
+    if state.element_energies is not None:
+        arrays["element_energies"] = state.element_energies
     arrays[CHECKSUM_KEY] = np.array(checksum(arrays))
     with atomic_writer(Path(path)) as fh:
         np.savez(fh, **arrays)
@@ -546,18 +549,18 @@ def _positive(stored, key, allow_zero=False) -> float:
 
 def _checked_arrays(stored) -> dict:
     """Every array, checked against the shapes z (N atoms) and R_train (M geometries) imply."""
-    z = _array(stored, "z", (None,), kinds="iu")
-    n = len(z)
-    if n < 2 or z.min() < 1 or z.max() > 118:
-        raise ModelFileError(f"'z' must hold at least 2 atomic numbers in 1..118, got {z.tolist()[:20]}")
+    z = _elements(stored)
+    n = z.shape[-1]
     R = _array(stored, "R_train", (None, n, 3))
     m = R.shape[0]
     if m < 1:
         raise ModelFileError("'R_train' holds no training geometries")
+    if z.ndim == 2 and len(z) != m:
+        raise ModelFileError(f"'z' gives elements for {len(z)} geometries, but 'R_train' holds {m}")
     perms = _array(stored, "perms", (None, n), kinds="iu")
     identity = np.arange(n)
     for k, p in enumerate(perms):
-        if not np.array_equal(np.sort(p), identity) or not np.array_equal(z[p], z):
+        if not np.array_equal(np.sort(p), identity) or not np.array_equal(z[..., p], z):
             raise ModelFileError(f"'perms' row {k} is not a permutation of range({n}) mapping each atom onto "
                                  f"one of its species: {p.tolist()}")
     if len(perms) < 1:
@@ -577,8 +580,28 @@ def _checked_arrays(stored) -> dict:
     out["hyper"] = {_identifier(k, "a hyperparameter name"): _finite(v, f"hyperparameter {k}")
                     for k, v in _mapping(hyper, "'hyper'").items()}
     out["local"] = _kernel_scope(stored, perms)
+    if z.ndim == 2 and not out["local"]:
+        raise ModelFileError("'z' gives elements per geometry (several compositions), which only a local model "
+                             "can hold")
     out["R_hessian"], out["hessian_weights"] = _hessian_observations(stored, n, out["local"])
+    out["element_energies"] = _array(stored, "element_energies", (119,)) if "element_energies" in stored else None
+    if out["element_energies"] is not None and z.ndim != 2:
+        raise ModelFileError("'element_energies' belongs to a model of several compositions (z per geometry)")
     return out
+
+
+def _elements(stored) -> np.ndarray:
+    """'z': the training molecule's atomic numbers (N,), or per geometry (M, N) padded with 0 (a local
+    model of several compositions, runtime/mixed.py)."""
+    z = _array(stored, "z", (None,) if np.ndim(_get(stored, "z")) != 2 else (None, None), kinds="iu")
+    if z.ndim == 2:
+        try:
+            return mixed.checked_elements(z, *z.shape, what="'z'")
+        except ValueError as exc:
+            raise ModelFileError(str(exc)) from None
+    if len(z) < 2 or z.min() < 1 or z.max() > 118:
+        raise ModelFileError(f"'z' must hold at least 2 atomic numbers in 1..118, got {z.tolist()[:20]}")
+    return z
 
 
 def _hessian_observations(stored, n, local):
@@ -629,11 +652,11 @@ def _channels(descriptor) -> int:
 def _check_features(arrays, descriptor):
     """D_train and B_train have as many features as the descriptor gives for these atoms (before compiling)."""
     space = descriptor.parts[0].over if isinstance(descriptor, Combination) else descriptor.over
-    n_features = space.n_features(len(arrays["z"]), _channels(descriptor))
+    n_features = space.n_features(arrays["z"].shape[-1], _channels(descriptor))
     for key in ("D_train", "B_train"):
         if arrays[key].shape[1] != n_features:
             raise ModelFileError(f"{key!r} has {arrays[key].shape[1]} features per geometry, but "
-                                 f"{descriptor.name} gives {n_features} for {len(arrays['z'])} atoms")
+                                 f"{descriptor.name} gives {n_features} for {arrays['z'].shape[-1]} atoms")
 
 
 def _build_model(cls, arrays, descriptor, kernel):
@@ -641,7 +664,7 @@ def _build_model(cls, arrays, descriptor, kernel):
     try:
         model = cls(descriptor, kernel, sigma=arrays["sigma"], lam=arrays["lam"], symmetries=arrays["perms"],
                     progress=False, hyper=arrays["hyper"], local=arrays["local"])
-        fperms = model.model.feature_permutations(arrays["perms"], len(arrays["z"]))
+        fperms = model.model.feature_permutations(arrays["perms"], arrays["z"].shape[-1])
     except (DSLError, CompileError, ValueError, TypeError) as exc:
         raise ModelFileError(f"the stored descriptor and kernel do not compile: {exc}") from None
     state = TrainedState(z=arrays["z"], R_train=arrays["R_train"], perms=arrays["perms"], alpha=arrays["alpha"],
@@ -649,7 +672,7 @@ def _build_model(cls, arrays, descriptor, kernel):
                          energy_weights=arrays["energy_weights"],  # None: a forces-only model
                          sigma=arrays["sigma"], lam_used=arrays["lam"], label_scale=arrays["label_scale"],
                          energy_constant=arrays["energy_constant"], R_hessian=arrays["R_hessian"],
-                         hessian_weights=arrays["hessian_weights"])
+                         hessian_weights=arrays["hessian_weights"], element_energies=arrays["element_energies"])
     model.energy_constraints = state.energy_constraints
     model.info = arrays["info"]
     model._install(state, fperms)

@@ -13,7 +13,9 @@ class TrainedState:
     coefficients of a joint energy+force model (None for a forces-only one);
     ``energy_constant``: None when trained without energies (relative energies).
     ``R_hessian`` (K, N, 3) and ``hessian_weights`` (K, 3N(3N+1)/2): the geometries of a model's
-    Hessian observations and their coefficients, entries r <= s (None without Hessian training)."""
+    Hessian observations and their coefficients, entries r <= s (None without Hessian training).
+    ``element_energies`` (119,): per atomic number, the energy each atom adds (a model of several
+    compositions trained with energies, runtime/mixed.py; its energy_constant is then 0)."""
     z: np.ndarray
     R_train: np.ndarray
     perms: np.ndarray
@@ -27,10 +29,12 @@ class TrainedState:
     energy_constant: float | None
     R_hessian: np.ndarray | None = None
     hessian_weights: np.ndarray | None = None
+    element_energies: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
-        return len(self.z)
+        """Atoms per geometry (slots, for geometries of several compositions: z (M, N))."""
+        return np.shape(self.z)[-1]
 
     @property
     def hessian_observations(self) -> bool:

@@ -292,17 +292,26 @@ def test_missing_forces_in_xyz(tmp_path):
     assert "no forces" in _error(path)
 
 
-def test_species_change_between_xyz_frames(tmp_path):
+def test_xyz_frames_of_several_compositions_are_padded(tmp_path):
+    """Frames whose species or atom counts differ load as padded arrays (runtime/mixed.py): z per
+    frame with 0 after the real atoms, positions and forces of padded slots 0."""
     path = tmp_path / "mixed.xyz"
-    _write_xyz(path, [Z, Z, [8, 1, 6], Z])
-    message = _error(path)
-    assert "species change between frames: frame 2 has [8, 1, 6] but frame 0 has [8, 1, 1]" in message
+    R, F, E = _write_xyz(path, [Z, Z, [8, 1, 6], [8, 1]])
+    ds = load_dataset(path)
+    assert ds.padded and ds.n_atoms == 3
+    np.testing.assert_array_equal(ds.z, [Z, Z, [8, 1, 6], [8, 1, 0]])
+    np.testing.assert_allclose(ds.R[:3], R[:3], atol=1e-7)  # extended XYZ keeps 8 decimals
+    np.testing.assert_allclose(ds.R[3, :2], R[3, :2], atol=1e-7)
+    assert not ds.R[3, 2].any() and not ds.F[3, 2].any()
+    np.testing.assert_allclose(ds.F[2], F[2], atol=1e-7)
+    np.testing.assert_array_equal(ds.subset([3, 0]).z, [[8, 1, 0], Z])
 
 
-def test_atom_count_change_between_xyz_frames(tmp_path):
-    path = tmp_path / "mixed.xyz"
-    _write_xyz(path, [Z, [8, 1]])
-    assert "frame 1 has 2 atoms but frame 0 has 3" in _error(path)
+def test_padded_npz_z_with_a_hole_is_refused(tmp_path):
+    path = tmp_path / "padded.npz"
+    R, F, E = _arrays(3, frames=2)
+    np.savez(path, R=R, F=F, E=E, z=np.array([[8, 1, 1], [8, 0, 1]]))
+    assert "frame 1 must hold atomic numbers 1..118 followed only by 0" in _error(path)
 
 
 def test_unknown_extension(tmp_path):

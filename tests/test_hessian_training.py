@@ -31,17 +31,19 @@ def geometries(count, seed=0, scale=0.05):
 
 
 def hessian_rows(model, R, sigma):
-    """The training matrix of R (every geometry observed by forces and Hessians), its Hessian rows
-    filled by assemble_hessian_rows (the force-force corner left zero)."""
+    """The training matrix of R (every geometry observed by forces, energies and Hessians), its
+    Hessian rows filled by assemble_hessian_rows (the force and energy corner left zero); returns
+    K, the first Hessian row, the entries per Hessian T and the first energy row."""
     fperms = model.feature_permutations(PERMS4, 4)
     hyper = model.kernel.hyper(sigma=sigma)
     D, JAC, _ = model.descriptor.evaluate(R, Z4)
     observed = ht.observed_geometries(model, R, Z4, D, JAC)
     n3 = 12
     n_force, T = len(R) * n3, n3 * (n3 + 1) // 2
-    K = np.zeros((n_force + len(R) * T, n_force + len(R) * T))
-    ht.assemble_hessian_rows(model, D, JAC, fperms, hyper, observed, K, n_force, progress=False)
-    return K, n_force, T
+    first = n_force + len(R)
+    K = np.zeros((first + len(R) * T, first + len(R) * T))
+    ht.assemble_hessian_rows(model, D, JAC, fperms, hyper, observed, K, n_force, progress=False, energy_rows=True)
+    return K, first, T, n_force
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "matern52"])
@@ -52,17 +54,18 @@ def test_hessian_rows_match_jax(kernel):
     is test_matern_diagonal_block_is_the_limit's."""
     model = compile_model("inverse_distances", kernel)
     R = geometries(3)
-    K, n_force, T = hessian_rows(model, R, sigma=1.7)
+    K, first, T, n_force = hessian_rows(model, R, sigma=1.7)
     iu, ju = np.triu_indices(12)
     for a in range(3):
-        rows = slice(n_force + a * T, n_force + (a + 1) * T)
+        rows = slice(first + a * T, first + (a + 1) * T)
         for b in range(3):
             if kernel == "matern52" and a == b:
                 continue
-            hf, hh = model.jax_hessian_observation_blocks(R[a], R[b], PERMS4, Z4, sigma=1.7)
+            hf, hh, he = model.jax_hessian_observation_blocks(R[a], R[b], PERMS4, Z4, sigma=1.7)
             assert rel(K[b * 12:(b + 1) * 12, rows].T, hf[iu, ju]) <= TOL, (a, b)
+            assert rel(K[n_force + b, rows], he[iu, ju]) <= TOL, (a, b)
             if b >= a:
-                columns = slice(n_force + b * T, n_force + (b + 1) * T)
+                columns = slice(first + b * T, first + (b + 1) * T)
                 assert rel(K[rows, columns], hh[iu, ju][:, iu, ju]) <= TOL, (a, b)
 
 
@@ -71,14 +74,14 @@ def test_matern_diagonal_block_is_the_limit():
     Cov(H(x), H(x + eps u)) as eps -> 0 (the error shrinks linearly in eps)."""
     model = compile_model("inverse_distances", "matern52")
     R = geometries(1)
-    K, n_force, T = hessian_rows(model, R, sigma=1.7)
-    ours = K[n_force:, n_force:]
+    K, first, T, _ = hessian_rows(model, R, sigma=1.7)
+    ours = K[first:, first:]
     assert np.isfinite(ours).all()
     iu, ju = np.triu_indices(12)
     u = np.random.default_rng(5).normal(size=X4.shape)
     errors = []
     for eps in (1e-3, 1e-4):
-        _, hh = model.jax_hessian_observation_blocks(R[0], R[0] + eps * u, PERMS4, Z4, sigma=1.7)
+        _, hh, _ = model.jax_hessian_observation_blocks(R[0], R[0] + eps * u, PERMS4, Z4, sigma=1.7)
         errors.append(rel(np.triu(ours), np.triu(hh[iu, ju][:, iu, ju])))
     assert errors[1] <= 1e-3 and errors[1] < 0.3 * errors[0], errors
 
@@ -94,19 +97,20 @@ def potential(x):
     return jnp.sum(20.0 * (r - r0) ** 2 + jnp.exp(-2.0 * r))
 
 
-def trained_on_hessians(sigma=0.3, lam=1e-10, count=3, observed=(0, 2)):
+def trained_on_hessians(sigma=0.3, lam=1e-10, count=3, observed=(0, 2), energy_constraints=False):
     R = geometries(count, seed=1, scale=0.08)
     E = np.array([potential(jnp.asarray(x)) for x in R])
     F = np.stack([-np.asarray(jax.grad(potential)(jnp.asarray(x))) for x in R])
     H = np.stack([np.asarray(jax.hessian(potential)(jnp.asarray(R[a]))).reshape(12, 12) for a in observed])
-    model = GDML("inverse_distances", "gaussian", sigma=sigma, lam=lam, symmetries=PERMS4, progress=False)
+    model = GDML("inverse_distances", "gaussian", sigma=sigma, lam=lam, symmetries=PERMS4, progress=False,
+                 energy_constraints=energy_constraints)
     return model.fit(R, F, E, Z4, H=H, H_frames=np.array(observed)), R, F, H
 
 
 def jax_energy(model):
     """The trained model's energy (unscaled, no constant) written from its coefficients: with k the
-    symmetric kernel, E(x) = sum_b -grad_x' k(x, x_b) . alpha_b + sum_a sum_{r<=s} w_a,rs
-    d2k/dx'_r dx'_s (x, x_a)."""
+    symmetric kernel, E(x) = sum_b -grad_x' k(x, x_b) . alpha_b (+ e_b k(x, x_b) with energy weights
+    e_b) + sum_a sum_{r<=s} w_a,rs d2k/dx'_r dx'_s (x, x_a)."""
     descriptor = model.model.descriptor.jax_function()
     kernel = model.model.kernel.jax_function()
     sigma = model.sigma
@@ -120,8 +124,10 @@ def jax_energy(model):
 
     def energy(x):
         total = 0.0
-        for xb, ab in zip(model.R_train, model.alpha):
+        for b, (xb, ab) in enumerate(zip(model.R_train, model.alpha)):
             total -= jax.jvp(lambda xp: k(x, xp), (jnp.asarray(xb),), (jnp.asarray(ab),))[1]
+            if model.energy_weights is not None:
+                total += model.energy_weights[b] * k(x, jnp.asarray(xb))
         for xa, w in zip(model.R_hessian, model.hessian_weights):
             hp = jax.jacfwd(jax.jacfwd(lambda xp: k(x, xp)))(jnp.asarray(xa)).reshape(12, 12)
             total += jnp.sum(hp[iu, ju] * w)
@@ -130,10 +136,12 @@ def jax_energy(model):
     return energy
 
 
-def test_prediction_matches_the_jax_energy_of_its_coefficients():
-    """Energies, forces and Hessians of a model trained on forces and Hessians (with a symmetry)
-    at new geometries, against JAX derivatives of the energy written from its coefficients."""
-    model, _, _, _ = trained_on_hessians()
+@pytest.mark.parametrize("energy_constraints", [False, True])
+def test_prediction_matches_the_jax_energy_of_its_coefficients(energy_constraints):
+    """Energies, forces and Hessians of a model trained on forces (and energies) and Hessians (with
+    a symmetry) at new geometries, against JAX derivatives of the energy written from its
+    coefficients."""
+    model, _, _, _ = trained_on_hessians(energy_constraints=energy_constraints)
     energy = jax_energy(model)
     Q = geometries(2, seed=7, scale=0.08)
     E, F, H = model.predict(Q, hessian=True)
@@ -145,13 +153,17 @@ def test_prediction_matches_the_jax_energy_of_its_coefficients():
         assert rel(H[q], scale * np.asarray(jax.jacfwd(jax.jacfwd(energy))(x)).reshape(12, 12)) <= 1e-8
 
 
-def test_trained_model_reproduces_its_training_hessians():
+@pytest.mark.parametrize("energy_constraints", [False, True])
+def test_trained_model_reproduces_its_training_hessians(energy_constraints):
     """With a tiny lambda the model interpolates its observations: the forces of every training
-    frame and the Hessians of the observed ones."""
-    model, R, F, H = trained_on_hessians()
-    _, F_pred, H_pred = model.predict(R, hessian=True)
+    frame, the Hessians of the observed ones (and the energies, with energy constraints)."""
+    model, R, F, H = trained_on_hessians(energy_constraints=energy_constraints)
+    E_pred, F_pred, H_pred = model.predict(R, hessian=True)
     assert rel(F_pred, F) <= 1e-7
     assert rel(H_pred[[0, 2]], H) <= 1e-7
+    if energy_constraints:
+        E = np.array([potential(jnp.asarray(x)) for x in R])
+        assert np.abs(E_pred - E).max() <= 1e-7 * np.abs(F).max()
 
 
 def test_hessians_on_ethanol_improve_force_and_hessian_errors():
@@ -210,10 +222,8 @@ def test_what_training_on_hessians_does_not_have_yet_is_refused():
     R = geometries(2)
     H = np.zeros((2, 12, 12))
     F = np.zeros(R.shape)
-    for kwargs, expected in (({"energy_constraints": True}, "energy constraints"), ({"solver": "cg"}, "CG solver")):
-        model = GDML("inverse_distances", "gaussian", sigma=2.0, progress=False, **kwargs)
-        with pytest.raises(ValueError, match=expected):
-            model.fit(R, F, np.zeros(2), Z4, H=H)
+    with pytest.raises(ValueError, match="CG solver"):
+        GDML("inverse_distances", "gaussian", sigma=2.0, progress=False, solver="cg").fit(R, F, np.zeros(2), Z4, H=H)
     local = GDML("radial_g2", "gaussian", sigma=2.0, progress=False)
     with pytest.raises(ValueError, match="local models"):
         local.fit(R, F, None, Z4, H=H)

@@ -358,17 +358,22 @@ def test_bad_symmetries_argument(ds):
         runtime.GDML(sigma=SIGMA, symmetries="yes", progress=False).fit(ds.R[SMALL], ds.F[SMALL], None, ds.z)
 
 
-def test_species_change_between_frames_is_a_data_error(tmp_path):
-    """Data loading (runtime.data) refuses frames whose species differ; the model takes one z."""
+def test_frames_of_several_compositions_need_a_local_model(tmp_path):
+    """Data loading pads frames whose species differ (runtime/mixed.py); a global model, which
+    compares whole molecules, refuses them."""
     import ase.io
     from ase import Atoms
 
     frames = [Atoms("OHH", positions=[[0, 0, 0], [1, 0, 0], [0, 1, 0]]),
               Atoms("OHC", positions=[[0, 0, 0], [1, 0, 0], [0, 1, 0]])]
+    for atoms in frames:
+        atoms.arrays["REF_forces"] = np.ones((3, 3))
     path = tmp_path / "mixed.xyz"
     ase.io.write(path, frames, format="extxyz")
-    with pytest.raises(DatasetError, match="species change between frames: frame 1"):
-        runtime.load_dataset(path)
+    ds = runtime.load_dataset(path)
+    assert ds.padded
+    with pytest.raises(ValueError, match="need a local model"):
+        runtime.GDML(sigma=SIGMA, progress=False).fit(ds.R, ds.F, None, ds.z)
 
 
 # --------------------------------------------------------------------------- sigma sweep

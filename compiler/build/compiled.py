@@ -109,6 +109,10 @@ class CompiledDescriptor:
     def site_jacobians(self, JAC, n_atoms) -> "SiteJacobians":
         """Dense per-atom Jacobians (M, N, F_site, 3N) from sparse ones JAC (M, N F_site, K, 3) of an
         atom-centred descriptor, with their nonzero rows: what a local kernel's blocks read."""
+        return SiteJacobians(self.dense_site_jacobians(JAC, n_atoms))
+
+    def dense_site_jacobians(self, JAC, n_atoms) -> np.ndarray:
+        """The dense per-atom Jacobians (M, N, F_site, 3N) alone (Hessians need no nonzero rows)."""
         m, n_features = JAC.shape[0], JAC.shape[1]
         atoms = self.atom_table(n_atoms)
         dense = np.zeros((m, n_features, n_atoms, 3))
@@ -118,7 +122,7 @@ class CompiledDescriptor:
             for frame in range(m):
                 np.add.at(dense[frame], (np.repeat(np.arange(n_features), atoms.shape[1]), atoms.ravel()),
                           JAC[frame].reshape(-1, 3))
-        return SiteJacobians(dense.reshape(m, n_atoms, n_features // n_atoms, 3 * n_atoms))
+        return dense.reshape(m, n_atoms, n_features // n_atoms, 3 * n_atoms)
 
     def add_curvature(self, R, z, W, H):
         """H (3N, 3N) += sum_f W[f] d2 D_f / dx2 at one geometry R (N, 3), term by term."""
@@ -140,8 +144,6 @@ class CompiledDescriptor:
         return jax_reference.descriptor_function(self.ir, self.params)
 
 
-# --------------------------------------------------------------------------- kernel
-
 class SiteJacobians:
     """Dense per-atom Jacobians ``dense`` (M, N, F, 3N) and, per atom, the rows that are not all
     zero: ``rows[m, i, :counts[m, i]]`` (features of absent elements have zero rows)."""
@@ -153,6 +155,8 @@ class SiteJacobians:
         order = np.argsort(~nonzero, axis=2, kind="stable")  # nonzero rows first, in feature order
         self.rows = np.ascontiguousarray(order.astype(np.int64))
 
+
+# --------------------------------------------------------------------------- kernel
 
 class CompiledKernel:
     """Base kernel k(d, dp) = g(s, t) and its descriptor-space derivatives."""
@@ -286,8 +290,8 @@ class CompiledModel:
         return block(np.asarray(x, float), np.asarray(xp, float), [p.tolist() for p in perms], z, h)
 
     def jax_hessian_observation_blocks(self, x, xp, perms=None, z=None, **hyper):
-        """(Cov(H(x), F(x')) (3N, 3N, 3N), Cov(H(x), H(x')) (3N, 3N, 3N, 3N)) by JAX AD (the test
-        reference of training on Hessians)."""
+        """(Cov(H(x), F(x')) (3N, 3N, 3N), Cov(H(x), H(x')) (3N, 3N, 3N, 3N), Cov(H(x), E(x')) (3N, 3N))
+        by JAX AD (the test reference of training on Hessians)."""
         h = dict(zip(self.kernel.hyper_names, self.kernel.hyper(**hyper)))
         perms = checks.permutations(perms, np.asarray(x).shape[0])
         blocks = jax_reference.hessian_observation_blocks_function(self.descriptor.jax_function(),
@@ -333,12 +337,13 @@ class CompiledModel:
 
     def assemble_local_energy_rows(self, D, JD: SiteJacobians, zs, hyper, K, n_atoms):
         """The energy rows and columns of a local model's joint energy+force matrix (upper triangle)."""
-        self.module.assemble_local_energy_rows(D, JD.dense, np.asarray(zs, np.float64), hyper, K, n_atoms)
+        self.module.assemble_local_energy_rows(D, JD.dense, _frame_elements(zs, len(D)), hyper, K, n_atoms)
 
     def assemble_local_rows(self, D, JD: SiteJacobians, zs, hyper, K, rows, n_atoms, mirror=True):
         """Local-kernel training-matrix block rows ``rows`` (upper triangle, and mirrored) into K;
-        every geometry has the atoms' elements zs; JD: site_jacobians of the geometries."""
-        self.module.assemble_local_rows(D, JD.dense, JD.rows, JD.counts, np.asarray(zs, np.float64), hyper, K,
+        zs: the atoms' elements, (N,) for every geometry or (M, N) per geometry (0: a padded slot,
+        no atom); JD: site_jacobians of the geometries."""
+        self.module.assemble_local_rows(D, JD.dense, JD.rows, JD.counts, _frame_elements(zs, len(D)), hyper, K,
                                         np.asarray(rows, np.int64), n_atoms, mirror)
 
     # Building blocks for the runtime -----------------------------------------
@@ -436,6 +441,12 @@ class CompiledModel:
         return B
 
 
+def _frame_elements(zs, m) -> np.ndarray:
+    """(M, N) float64 elements per geometry from zs (N,) shared by all or (M, N)."""
+    zs = np.asarray(zs, np.float64)
+    return np.ascontiguousarray(np.broadcast_to(zs, (m, zs.shape[-1])))
+
+
 class HessianUnavailableError(ValueError):
     """The model's kernel has no third derivative at d = dp, so no Hessians."""
 
@@ -455,6 +466,15 @@ class PredictionSide:
         self.DT = self.W[:self.n_rows]
         self.NT = np.einsum("mf,mf->m", self.DT, self.DT)
         self.TC = self.DT @ self.centre
+        self.TB = np.einsum("mf,mf->m", self.DT, BT)
+        self.CB = BT @ self.centre
+
+    def set_coefficients(self, BT):
+        """New coefficients BT for the same training rows (a CG product): only the coefficient half
+        W[n:], WT's and TB, CB change; the centring and norms stay."""
+        self.W[self.n_rows:] = BT
+        if self.WT is not None:
+            self.WT[:, self.n_rows:] = BT.T
         self.TB = np.einsum("mf,mf->m", self.DT, BT)
         self.CB = BT @ self.centre
 

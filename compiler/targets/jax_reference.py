@@ -128,9 +128,9 @@ def force_block_function(descriptor, kernel):
 
 
 def hessian_observation_blocks_function(descriptor, kernel):
-    """(Cov(H(x), F(x')), Cov(H(x), H(x'))) by JAX AD, forward mode throughout (as
-    force_block_function): with k the symmetric kernel, d2/dx2 (-d/dx') k, shape (3N, 3N, 3N),
-    and d2/dx2 d2/dx'2 k, shape (3N, 3N, 3N, 3N) (training on Hessians)."""
+    """(Cov(H(x), F(x')), Cov(H(x), H(x')), Cov(H(x), E(x'))) by JAX AD, forward mode throughout
+    (as force_block_function): with k the symmetric kernel, d2/dx2 (-d/dx') k, shape (3N, 3N, 3N),
+    d2/dx2 d2/dx'2 k, shape (3N, 3N, 3N, 3N), and d2/dx2 k, shape (3N, 3N) (training on Hessians)."""
     jax, jnp = _jax()
 
     def energy_kernel(x, xp, perms, z, hyper):
@@ -143,7 +143,9 @@ def hessian_observation_blocks_function(descriptor, kernel):
         query_hessian = jax.jacfwd(jax.jacfwd(energy_kernel, argnums=0), argnums=0)
         hf = -jax.jacfwd(query_hessian, argnums=1)(x, xp, perms, z, hyper)
         hh = jax.jacfwd(jax.jacfwd(query_hessian, argnums=1), argnums=1)(x, xp, perms, z, hyper)
-        return np.asarray(hf).reshape(n3, n3, n3), np.asarray(hh).reshape(n3, n3, n3, n3)
+        he = query_hessian(x, xp, perms, z, hyper)
+        return (np.asarray(hf).reshape(n3, n3, n3), np.asarray(hh).reshape(n3, n3, n3, n3),
+                np.asarray(he).reshape(n3, n3))
 
     return blocks
 

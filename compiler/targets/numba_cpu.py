@@ -456,10 +456,10 @@ def assemble_rows(prog: KernelProgram) -> list:
 
 def assemble_local_rows(prog: KernelProgram) -> list:
     return block_row_assembly(
-        "assemble_local_rows", "D, JD, ROWS, COUNTS, zs, hyper, K, rows, n_atoms, mirror",
-        "local_force_block(D[i], JD[i], ROWS[i], COUNTS[i], zs, D[j], JD[j], ROWS[j], COUNTS[j], zs, hyper, block, work)",
-        "Training-matrix blocks of the local kernel, every geometry with the atoms' elements zs\n"
-        "    and dense site Jacobians JD (M, N, F, 3N) with their nonzero rows ROWS, COUNTS.",
+        "assemble_local_rows", "D, JD, ROWS, COUNTS, ZS, hyper, K, rows, n_atoms, mirror",
+        "local_force_block(D[i], JD[i], ROWS[i], COUNTS[i], ZS[i], D[j], JD[j], ROWS[j], COUNTS[j], ZS[j], hyper, block, work)",
+        "Training-matrix blocks of the local kernel, geometry m with the atoms' elements ZS[m] (0: no\n"
+        "    atom, a padded slot) and dense site Jacobians JD (M, N, F, 3N) with their nonzero rows ROWS, COUNTS.",
         work="local_work_size(JD.shape[2], n3, n3)")
 
 
@@ -843,9 +843,9 @@ def assemble_energy_rows(prog: KernelProgram) -> list:
 
 def assemble_local_energy_rows(prog: KernelProgram) -> list:
     return energy_row_assembly(
-        "assemble_local_energy_rows", "D, JD, zs, hyper, K, n_atoms",
-        "local_energy_force_blocks(D[i], JD[i], zs, D[j], JD[j], zs, hyper, grad_x, grad_xp)",
-        "The local kernel, every geometry with the atoms' elements zs and dense site Jacobians JD.")
+        "assemble_local_energy_rows", "D, JD, ZS, hyper, K, n_atoms",
+        "local_energy_force_blocks(D[i], JD[i], ZS[i], D[j], JD[j], ZS[j], hyper, grad_x, grad_xp)",
+        "The local kernel, geometry m with the atoms' elements ZS[m] and dense site Jacobians JD.")
 
 
 def predict_energy_weights(prog: KernelProgram) -> list:
