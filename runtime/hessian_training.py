@@ -54,6 +54,13 @@ class ObservedGeometry:
         """The same geometry with its atoms permuted (features reordered by fperm)."""
         return ObservedGeometry(self.d[fperm], self.J[fperm], self.C[fperm])
 
+    def sites(self, n_atoms) -> list:
+        """Each atom's part (an atom-centred descriptor's features are by atom): what a local
+        kernel compares."""
+        n_site = len(self.d) // n_atoms
+        return [ObservedGeometry(self.d[rows], self.J[rows], self.C[rows])
+                for rows in (slice(i * n_site, (i + 1) * n_site) for i in range(n_atoms))]
+
 
 def upper_entries(n3: int):
     """(rows, columns) of the independent entries of a symmetric 3N x 3N matrix, r <= s."""
@@ -207,6 +214,45 @@ def assemble_hessian_rows(model, D, JAC, fperms, hyper, observed: list, K, n_for
             bar.update(1)
 
 
+def assemble_local_hessian_rows(model, D, JAC, z, hyper, observed: list, K, n_force_rows, progress=True,
+                                energy_rows=False):
+    """assemble_hessian_rows for the local kernel sum_ij [z_i = z'_j] k(d_i, d'_j): every entry is the
+    sum over pairs of like atoms of the global entries between the two atoms' parts (a query atom's
+    d_i, J_i, C_i against a training atom's), since each term of k involves one atom of each side."""
+    m, n = D.shape[0], len(z)
+    n3 = 3 * n
+    T = n3 * (n3 + 1) // 2
+    first = n_force_rows + (m if energy_rows else 0)
+    JS = model.descriptor.dense_site_jacobians(JAC, n)  # (M, N, F_site, 3N)
+    DS = D.reshape(m, n, -1)
+    sites = [geometry.sites(n) for geometry in observed]
+    with Progress(len(observed), "Hessian rows", enabled=progress) as bar:
+        for a, query_sites in enumerate(sites):
+            rows = slice(first + a * T, first + (a + 1) * T)
+            forces, energies = np.zeros((T, m, n3)), np.zeros((T, m))
+            hessians = np.zeros((T, (len(observed) - a) * T))
+            for i, query in enumerate(query_sites):
+                same = np.flatnonzero(z == z[i])  # the training atoms a term pairs with atom i
+                for start in range(0, m, FORCE_FRAMES_PER_CALL):
+                    frames = slice(start, min(start + FORCE_FRAMES_PER_CALL, m))
+                    count = frames.stop - frames.start
+                    entries = force_column_entries(model, hyper, query, DS[frames][:, same].reshape(-1, DS.shape[2]),
+                                                   JS[frames][:, same].reshape(-1, *JS.shape[2:]))
+                    forces[:, frames] += entries.reshape(T, count, len(same), n3).sum(axis=2)
+                if energy_rows:
+                    entries = energy_column_entries(model, hyper, query, DS[:, same].reshape(-1, DS.shape[2]))
+                    energies += entries.reshape(T, m, len(same)).sum(axis=2)
+                for b in range(a, len(observed)):
+                    block = hessians[:, (b - a) * T:(b - a + 1) * T]
+                    for j in same:
+                        block += hessian_column_entries(model, hyper, query, sites[b][j])
+            K[:n_force_rows, rows] = forces.reshape(T, -1).T
+            if energy_rows:
+                K[n_force_rows:n_force_rows + m, rows] = energies.T
+            K[rows, rows.start:first + len(observed) * T] = hessians
+            bar.update(1)
+
+
 # --------------------------------------------------------------------------- the trained model's pieces
 
 @dataclass(frozen=True)
@@ -219,12 +265,13 @@ class ObservationPieces:
     side: HessianSide
 
 
-def observation_pieces(observed: list, weights, fperms) -> ObservationPieces:
+def observation_pieces(observed: list, weights, fperms, z=None) -> ObservationPieces:
     """The pieces of observed geometries (ObservedGeometry each) with Hessian coefficients
-    ``weights`` (K, T), for every feature permutation."""
+    ``weights`` (K, T), for every feature permutation.  With ``z`` (a local model's atoms), the
+    observation pieces are per atom and ``side`` is a dict: element -> HessianSide of its atoms'."""
     n3 = observed[0].J.shape[1]
     iu, ju = upper_entries(n3)
-    force_DT, force_BT, DT, BT, GT = [], [], [], [], []
+    force_DT, force_BT, pieces = [], [], []
     for geometry, w in zip(observed, weights):
         G = np.zeros((n3, n3))
         G[iu, ju] = w
@@ -233,24 +280,29 @@ def observation_pieces(observed: list, weights, fperms) -> ObservationPieces:
         for p in fperms:
             copy = geometry.permuted(p)
             force_DT.append(copy.d)
-            force_BT.append(-np.einsum("rs,frs->f", G, copy.C))
-            JV = copy.J @ V  # (F, 3N): J v_k
-            DT.append(np.repeat(copy.d[None], n3, axis=0))
-            BT.append((JV * lam).T)
-            GT.append(JV.T)
-    side = HessianSide(np.ascontiguousarray(np.concatenate(DT)), np.ascontiguousarray(np.concatenate(BT)), None,
-                       np.ascontiguousarray(np.concatenate(GT)))
-    return ObservationPieces(np.array(force_DT), np.array(force_BT), side)
+            force_BT.append(-np.einsum("rs,frs->f", G, copy.C))  # feature by feature: atom parts included
+            for element, part in ([(None, copy)] if z is None else zip(z, copy.sites(len(z)))):
+                JV = part.J @ V  # (F, 3N): J v_k
+                pieces.append((element, np.repeat(part.d[None], n3, axis=0), (JV * lam).T, JV.T))
+    sides = {element: _side([piece for piece in pieces if piece[0] == element]) for element in {p[0] for p in pieces}}
+    return ObservationPieces(np.array(force_DT), np.array(force_BT), sides[None] if z is None else sides)
 
 
-def with_observations(model, backend, state, fperms, training, observed=None):
+def _side(pieces) -> HessianSide:
+    """The HessianSide of observation pieces [(element, DT, BT, GT), ...]."""
+    DT, BT, GT = (np.ascontiguousarray(np.concatenate([piece[k] for piece in pieces])) for k in (1, 2, 3))
+    return HessianSide(DT, BT, None, GT)
+
+
+def with_observations(model, backend, state, fperms, training, observed=None, local=False):
     """``training`` (PermutedTraining) with a trained state's Hessian observations as pieces: their
-    force pieces appended to DT, BT, the observation pieces as ``observations``.  ``observed``: the
+    force pieces appended to DT, BT (for a ``local`` model as extra geometries: each atom's part of a
+    force piece is its own), the observation pieces as ``observations``.  ``observed``: the
     ObservedGeometry of each of state.R_hessian, when the caller has them (else evaluated here)."""
     if observed is None:
         D, JAC = backend.evaluate(state.R_hessian, state.z)
         observed = observed_geometries(model, state.R_hessian, state.z, D, JAC)
-    pieces = observation_pieces(observed, state.hessian_weights, fperms)
+    pieces = observation_pieces(observed, state.hessian_weights, fperms, state.z if local else None)
     # the appended force pieces carry no energy weight
     WT = None if training.WT is None else np.concatenate([training.WT, np.zeros(len(pieces.force_DT))])
     return dataclasses.replace(training, DT=np.ascontiguousarray(np.concatenate([training.DT, pieces.force_DT])),
@@ -258,16 +310,29 @@ def with_observations(model, backend, state, fperms, training, observed=None):
                                observations=pieces.side)
 
 
-def add_observation_terms(model, DQ, JACQ, side: HessianSide, hyper, E, F):
-    """E, F += the observation pieces' energy shares and forces at query geometries (in place)."""
+def observation_sums(model, d, side: HessianSide, hyper):
+    """(energy share, its gradient in d (F,)) of all observation pieces of ``side`` at the
+    descriptor vector d (a geometry's, or a local model's atom's)."""
     layout = ColumnLayout.of(model.observation_columns)
     C = np.empty((side.n_rows, len(model.observation_columns)))
-    acc = np.empty(DQ.shape)
+    model.observation_coefficients(d, side.DT, side.BT, side.GT, hyper, C)
+    CT = np.ascontiguousarray(C.T)
+    return CT[layout.value].sum(), energy_gradient(layout, CT, _Basis(d, side))
+
+
+def add_observation_terms(model, DQ, JACQ, side, hyper, E, F, z=None):
+    """E, F += the observation pieces' energy shares and forces at query geometries (in place);
+    for a local model (``z``: the query atoms), ``side`` maps each element to its pieces and every
+    atom's part of d gets its element's."""
+    acc = np.zeros(DQ.shape)
+    n_site = DQ.shape[1] // (1 if z is None else len(z))
     for q, d in enumerate(DQ):
-        model.observation_coefficients(d, side.DT, side.BT, side.GT, hyper, C)
-        CT = np.ascontiguousarray(C.T)
-        E[q] += CT[layout.value].sum()
-        acc[q] = energy_gradient(layout, CT, _Basis(d, side))
+        for i, element in enumerate([None] if z is None else z):
+            if element is not None and element not in side:
+                continue  # no observed atom of this element
+            rows = slice(i * n_site, (i + 1) * n_site)
+            energy, acc[q, rows] = observation_sums(model, d[rows], side if z is None else side[element], hyper)
+            E[q] += energy
     forces = np.empty(F.shape)
     model.forces_from_descriptor_gradients(JACQ, acc, forces)
     F -= forces

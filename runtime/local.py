@@ -20,9 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.build.compiled import PredictionSide, SiteJacobians, numba_threads, threads_for
-from compiler.build.hessian import HessianSide, site_hessian
+from compiler.build.hessian import HessianSide, observation_terms, site_hessian
 
 from . import mixed, prediction
+from .hessian_training import add_observation_terms
 from .backends import CpuBackend
 from .assembly import assemble
 
@@ -117,10 +118,11 @@ def add_energy_weight_terms_local(model, DQ, JACQ, zq, DT, WT, zt, hyper, E, F):
                                          atoms=np.ascontiguousarray(atoms[rows]))
 
 
-def hessians_local(model, R, zq, D, JAC, hessian_sides, hyper):
+def hessians_local(model, R, zq, D, JAC, hessian_sides, hyper, observation_sides=None):
     """d2E/dx2 (Q, 3N, 3N) of a local model (raw): per atom i the Hessian of its energy in its own
     vector d_i, through its Jacobian J_i (compiler/build/hessian.py, as for a global model's one
-    vector), summed over atoms; then the descriptor's curvature weighted by every atom's gradient."""
+    vector), summed over atoms; then the descriptor's curvature weighted by every atom's gradient.
+    ``observation_sides``: element -> HessianSide of a model's Hessian-observation pieces."""
     q_count, n_atoms = D.shape[0], len(zq)
     JD = model.descriptor.dense_site_jacobians(JAC, n_atoms)
     n_site = JD.shape[2]
@@ -130,9 +132,13 @@ def hessians_local(model, R, zq, D, JAC, hessian_sides, hyper):
         for i in range(n_atoms):
             rows = slice(i * n_site, (i + 1) * n_site)
             J = JD[q, i]
-            part, weights[rows] = site_hessian(model, D[q, rows], J, lambda columns, name=None, J=J: J.T @ columns,
-                                               hessian_sides[zq[i]], hyper)
+            project = lambda columns, name=None, J=J: J.T @ columns  # noqa: E731
+            part, weights[rows] = site_hessian(model, D[q, rows], J, project, hessian_sides[zq[i]], hyper)
             H[q] += part
+            if observation_sides is not None and zq[i] in observation_sides:
+                part, gradient = observation_terms(model, D[q, rows], J, project, observation_sides[zq[i]], hyper)
+                H[q] += part
+                weights[rows] += gradient
         model.descriptor.add_curvature(R[q], zq, weights, H[q])
     return H
 
@@ -249,6 +255,8 @@ class LocalCpuBackend(CpuBackend):
         if training.WT is not None:
             add_energy_weight_terms_local(self.model, D, JAC, zq, training.DT, training.WT, training.z, training.hyper,
                                           E, F)
+        if training.observations is not None:
+            add_observation_terms(self.model, D, JAC, training.observations, training.hyper, E, F, z=zq)
         return E, F
 
     def hessian(self, R, z, training):
@@ -259,7 +267,8 @@ class LocalCpuBackend(CpuBackend):
             self._hessian_prepared = (training, {e: HessianSide(*rows) for e, rows in sides.rows.items()})
         zq = np.asarray(z, dtype=np.float64)
         D, JAC = self.evaluate(R, z)
-        return hessians_local(self.model, R, zq, D, JAC, self._hessian_prepared[1], training.hyper)
+        return hessians_local(self.model, R, zq, D, JAC, self._hessian_prepared[1], training.hyper,
+                              training.observations)
 
     def training_product(self, D, JAC, fperms, hyper):
         return LocalTrainingProduct(self.model, D, JAC, self.elements, hyper)

@@ -254,7 +254,7 @@ class GDML:
         Returns the model itself.
         """
         R, F, E, z, valid = self._checked_inputs(R, F, E, z, valid, validated)
-        hessians = self._checked_hessians(H, H_frames, R)
+        hessians = self._checked_hessians(H, H_frames, R, z)
         self._timings = {}
         self._resume_pending = self.resume
         try:
@@ -324,14 +324,14 @@ class GDML:
         F = np.where((Z > 0)[..., None], F, 0.0)
         return R, F, E, Z
 
-    def _checked_hessians(self, H, H_frames, R):
+    def _checked_hessians(self, H, H_frames, R, z):
         """(H, H_frames) validated, or None; refused, saying why, where training on Hessians is not
         available (before any work)."""
         H, H_frames = data.checked_hessians(H, H_frames, R.shape[0], R.shape[1], "training data")
         if H is None:
             return None
-        why = ("local models" if self.local else "a cluster" if self.client is not None
-               else "the CG solver" if self.solver == "cg" else None)
+        why = ("a cluster" if self.client is not None else "the CG solver" if self.solver == "cg"
+               else "geometries of several compositions" if mixed.is_padded(z) else None)
         if why is not None:
             raise ValueError(f"training on Hessians is not available with {why} yet: train on forces only "
                              "(drop the Hessians) or use a global model with the dense solver")
@@ -497,8 +497,13 @@ class GDML:
         self.backend.assemble(D, JAC, fperms, hyper, n_atoms, corner, progress=self.progress,
                               energy_rows=self.energy_constraints)
         K[:n_corner, :n_corner] = corner
-        hessian_training.assemble_hessian_rows(self.model, D, JAC, fperms, hyper, self._observed, K, n_force,
-                                               progress=self.progress, energy_rows=self.energy_constraints)
+        options = dict(progress=self.progress, energy_rows=self.energy_constraints)
+        if self.local:
+            hessian_training.assemble_local_hessian_rows(self.model, D, JAC, self.backend.elements, hyper,
+                                                         self._observed, K, n_force, **options)
+        else:
+            hessian_training.assemble_hessian_rows(self.model, D, JAC, fperms, hyper, self._observed, K, n_force,
+                                                   **options)
 
     def _solve_cg(self, base, JAC, fperms, sigma, y):
         """(alpha, lam, {cg_iterations, cg_residual, cg_preconditioner, cg_rank}) by matrix-free
@@ -583,7 +588,7 @@ class GDML:
         training = PermutedTraining.of(state, fperms, self._kernel_hyper(state.sigma))
         if state.hessian_observations:
             training = hessian_training.with_observations(self.model, self.backend, state, fperms, training,
-                                                          self._observed)
+                                                          self._observed, local=self.local)
         self._training = training
         self.backend.prepare(self._training)
 

@@ -225,8 +225,8 @@ def test_what_training_on_hessians_does_not_have_yet_is_refused():
     with pytest.raises(ValueError, match="CG solver"):
         GDML("inverse_distances", "gaussian", sigma=2.0, progress=False, solver="cg").fit(R, F, np.zeros(2), Z4, H=H)
     local = GDML("radial_g2", "gaussian", sigma=2.0, progress=False)
-    with pytest.raises(ValueError, match="local models"):
-        local.fit(R, F, None, Z4, H=H)
+    with pytest.raises(ValueError, match="geometries of several compositions"):
+        local.fit(R, F, None, np.array([Z4, Z4]), H=H)
     with pytest.raises(HessianUnavailableError, match="fourth derivative"):
         GDML("inverse_distances", "matern32", sigma=2.0, progress=False).fit(R, F, None, Z4, H=H)
 
@@ -241,3 +241,61 @@ def test_cli_trains_on_the_hessians_of_its_training_frames(tmp_path, capsys):
     assert main(args + [str(tmp_path / "f.npz"), "--no-hessians"]) == 0
     assert "not used in training (--no-hessians)" in capsys.readouterr().err
     assert GDML.load(tmp_path / "f.npz").R_hessian is None
+
+
+# --------------------------------------------------------------------------- local models
+
+def jax_local_kernel(model):
+    """k(x, x') = sum_ij [z_i = z'_j] k(d_i(x), d_j(x')) in JAX, for the atoms Z4."""
+    descriptor = model.model.descriptor.jax_function()
+    kernel = model.model.kernel.jax_function()
+    pairs = [(i, j) for i in range(4) for j in range(4) if Z4[i] == Z4[j]]
+
+    def k(x, xp):
+        sites, sites_p = descriptor(x, Z4).reshape(4, -1), descriptor(xp, Z4).reshape(4, -1)
+        return sum(kernel(sites[i], sites_p[j], sigma=model.sigma) for i, j in pairs)
+
+    return k
+
+
+def trained_local(energy_constraints=False):
+    from test_local import radial
+    R = geometries(3, seed=1, scale=0.08)
+    E = np.array([potential(jnp.asarray(x)) for x in R])
+    F = np.stack([-np.asarray(jax.grad(potential)(jnp.asarray(x))) for x in R])
+    H = np.stack([np.asarray(jax.hessian(potential)(jnp.asarray(R[a]))).reshape(12, 12) for a in (0, 2)])
+    model = GDML(radial, "gaussian", sigma=0.5, lam=1e-10, progress=False, energy_constraints=energy_constraints)
+    return model.fit(R, F, E, Z4, H=H, H_frames=np.array([0, 2])), R, F, H
+
+
+@pytest.mark.parametrize("energy_constraints", [False, True])
+def test_local_model_on_hessians_matches_jax(energy_constraints):
+    """A local model trained on forces (and energies) and Hessians: its prediction against the JAX
+    energy written from its coefficients with the local kernel, E(x) = sum_b -grad_x' k . alpha_b
+    (+ e_b k) + sum_a sum_{r<=s} w_a,rs d2k/dx'_r dx'_s; and it reproduces its training Hessians."""
+    model, R, F, H = trained_local(energy_constraints)
+    assert model.local
+    k = jax_local_kernel(model)
+    iu, ju = np.triu_indices(12)
+
+    def energy(x):
+        total = 0.0
+        for b, (xb, ab) in enumerate(zip(model.R_train, model.alpha)):
+            total -= jax.jvp(lambda xp: k(x, xp), (jnp.asarray(xb),), (jnp.asarray(ab),))[1]
+            if model.energy_weights is not None:
+                total += model.energy_weights[b] * k(x, jnp.asarray(xb))
+        for xa, w in zip(model.R_hessian, model.hessian_weights):
+            hp = jax.jacfwd(jax.jacfwd(lambda xp: k(x, xp)))(jnp.asarray(xa)).reshape(12, 12)
+            total += jnp.sum(hp[iu, ju] * w)
+        return total
+
+    Q = geometries(1, seed=7, scale=0.08)
+    E, F_pred, H_pred = model.predict(Q, hessian=True)
+    x = jnp.asarray(Q[0])
+    scale = model.label_scale
+    # 1e-9: the interpolating fit's coefficients (|alpha| ~ 1e4) cancel in the sums
+    assert rel(E[0] - model.energy_constant, scale * energy(x)) <= 1e-9
+    assert rel(F_pred[0], -scale * np.asarray(jax.grad(energy)(x))) <= 1e-9
+    assert rel(H_pred[0], scale * np.asarray(jax.jacfwd(jax.jacfwd(energy))(x)).reshape(12, 12)) <= 1e-8
+    _, F_train, H_train = model.predict(R, hessian=True)
+    assert rel(H_train[[0, 2]], H) <= 1e-6 and rel(F_train, F) <= 1e-6
