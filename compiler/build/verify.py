@@ -105,6 +105,8 @@ def check_model(model, n_atoms=6, trials=3, seed=0, sigma=None, notes=None):
         track("prediction (forces)", *_prediction(model, rng, x, z, perms, hyper))
         if model.kernel.metadata.get("hessian_columns") is not None:
             track("prediction (Hessian)", *_prediction_hessian(model, rng, x, z, perms, hyper))
+        if model.kernel.metadata.get("observation_columns") is not None:
+            track("Hessian observations (Hessian of their energy)", *_observation_hessian(model, rng, x, z, hyper))
     return errors
 
 
@@ -166,3 +168,33 @@ def _prediction_hessian(model, rng, x, z, perms, hyper):
                                         dict(zip(model.kernel.hyper_names, h)))
     reference = jax.jacfwd(jax.jacfwd(lambda r: energy(r, z)))(x)
     return H, np.asarray(reference).reshape(H.shape)
+
+
+def _observation_hessian(model, rng, x, z, hyper):
+    """d2E/dx2 at x of the energy of Hessian-observation pieces, E = sum_m beta_m^T (d2k/ddp2)
+    gamma_m at random rows (the generated observation_coefficients summed by
+    compiler/build/hessian.py), and jax.hessian of the same energy written with JAX's second
+    directional derivative of the kernel in dp."""
+    import jax
+
+    from compiler.build.hessian import HessianSide, predict_hessians
+
+    _, _, DT, _ = _training_rows(model, rng, x.shape[0], z, np.arange(x.shape[0])[None])
+    BT, GT = rng.normal(size=DT.shape), rng.normal(size=DT.shape)
+    h = model.kernel.hyper(**hyper)
+    DQ, JACQ, _ = model.descriptor.evaluate(x, z)
+    zeros = np.zeros_like(DT)  # no force pieces: the Hessian is the observation pieces' alone
+    H = predict_hessians(model, x[None], z, DQ, JACQ, DT, zeros, None, h,
+                         observations=HessianSide(DT, BT, None, GT))[0]
+    descriptor, kernel = model.descriptor.jax_function(), model.kernel.jax_function()
+    named = dict(zip(model.kernel.hyper_names, h))
+
+    def energy(r):
+        d = descriptor(r, z)
+        total = 0.0
+        for dp, beta, gamma in zip(DT, BT, GT):
+            along_gamma = lambda q: jax.jvp(lambda p: kernel(d, p, **named), (q,), (gamma,))[1]  # noqa: E731
+            total = total + jax.jvp(along_gamma, (dp,), (beta,))[1]
+        return total
+
+    return H, np.asarray(jax.jacfwd(jax.jacfwd(energy))(x)).reshape(H.shape)
