@@ -57,21 +57,25 @@ def load():
 
     main, hs = dict(np.load(DEFAULT_DATA)), dict(np.load(DEFAULT_HESSIAN_DATA))
     others = np.setdiff1d(np.arange(len(main["R"])), hs["main_frames"])
-    pick = lambda idx: {key: main[key][idx] for key in ("R", "F", "E")}
+    pick = lambda idx: {key: main[key][idx] for key in ("R", "F", "E")}  # noqa: E731
+    # the forces-only reference: 100 frames spread over the stretch the first 25 Hessian frames span
+    # (main frames 0..1846), as those are: consecutive frames 5 fs apart would be a narrower sample
+    span = others[others <= hs["main_frames"][24]]
+    spread = span[np.linspace(0, len(span) - 1, 100).round().astype(int)]
     return {"hessian_set": hs, "train": {key: hs[key] for key in ("R", "F", "E", "H")},
-            "valid": pick(others[2000:2100]), "test": pick(others[2400:2900]), "main_train": pick(others[:100])}
+            "valid": pick(others[2000:2100]), "test": pick(others[2400:2900]), "main_train": pick(spread)}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", default="1,2,4,8,16,25")
+    parser.add_argument("--frames", default="1,2,4,8,16,25", help="comma-separated; '' for the reference alone")
     parser.add_argument("--sigmas", default="1,2,4,8,16")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     data = load()
     sigmas = [float(s) for s in args.sigmas.split(",")]
     rows = []
-    for K in (int(k) for k in args.frames.split(",")):
+    for K in (int(k) for k in args.frames.split(",") if k):
         for hessians in (False, True):
             rows.append(run(K, hessians, data, sigmas))
             print(json.dumps(rows[-1]), flush=True)
