@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.build.hessian import ColumnLayout, HessianSide, dense_jacobian, energy_gradient, _Basis
+from compiler.build.hessian import BasisColumns, ColumnLayout, HessianSide, dense_jacobian, energy_gradient
 
 from .progress import Progress
 
@@ -104,7 +104,7 @@ def _piece_entries(layout, CT, d, pieces: dict, query: ObservedGeometry) -> np.n
     its right vectors."""
     n3 = query.J.shape[1]
     iu, ju = upper_entries(n3)
-    basis = _Basis(d, _Columns(pieces))
+    basis = BasisColumns(d, pieces)
     projected = {}
 
     def P(name):  # J^T w for each piece (3N, pieces); d is one column
@@ -130,13 +130,6 @@ def _piece_gradients(layout, CT, basis) -> np.ndarray:
         term = CT[k] * basis[b]
         total = term if total is None else total + term
     return total
-
-
-class _Columns:
-    """Piece vectors in the form _Basis reads (a HessianSide's ``columns``)."""
-
-    def __init__(self, pieces):
-        self.columns = pieces
 
 
 def _force_piece_entries(model, hyper, query, dp, beta, weights=None):
@@ -259,10 +252,11 @@ def assemble_local_hessian_rows(model, D, JAC, z, hyper, observed: list, K, n_fo
 class ObservationPieces:
     """A trained model's Hessian-observation terms as pieces: ``force`` (DT, BT rows to append to
     the permuted training rows, one per observed geometry and permutation) and ``side`` (a
-    HessianSide of the observation pieces, 3N per observed geometry and permutation)."""
+    HessianSide of the observation pieces, 3N per observed geometry and permutation; for a local
+    model a dict element -> HessianSide, 3N per observed atom of that element)."""
     force_DT: np.ndarray
     force_BT: np.ndarray
-    side: HessianSide
+    side: HessianSide | dict
 
 
 def observation_pieces(observed: list, weights, fperms, z=None) -> ObservationPieces:
@@ -284,7 +278,8 @@ def observation_pieces(observed: list, weights, fperms, z=None) -> ObservationPi
             for element, part in ([(None, copy)] if z is None else zip(z, copy.sites(len(z)))):
                 JV = part.J @ V  # (F, 3N): J v_k
                 pieces.append((element, np.repeat(part.d[None], n3, axis=0), (JV * lam).T, JV.T))
-    sides = {element: _side([piece for piece in pieces if piece[0] == element]) for element in {p[0] for p in pieces}}
+    sides = {element: _side([piece for piece in pieces if piece[0] == element])
+             for element in {piece[0] for piece in pieces}}
     return ObservationPieces(np.array(force_DT), np.array(force_BT), sides[None] if z is None else sides)
 
 
@@ -317,7 +312,7 @@ def observation_sums(model, d, side: HessianSide, hyper):
     C = np.empty((side.n_rows, len(model.observation_columns)))
     model.observation_coefficients(d, side.DT, side.BT, side.GT, hyper, C)
     CT = np.ascontiguousarray(C.T)
-    return CT[layout.value].sum(), energy_gradient(layout, CT, _Basis(d, side))
+    return CT[layout.value].sum(), energy_gradient(layout, CT, BasisColumns(d, side.columns))
 
 
 def add_observation_terms(model, DQ, JACQ, side, hyper, E, F, z=None):

@@ -242,7 +242,7 @@ class GDML:
     def fit(self, R, F, E=None, z=None, valid=None, validated=False, H=None, H_frames=None):
         """Train on geometries R (M, N, 3) of atoms z (N,), forces F, optional energies E, and optional
         Hessians H (K, 3N, 3N) of the frames H_frames (K,; default: every frame) as observations beside
-        the forces (runtime/hessian_training.py: global models, dense solver, CPU).  A local model
+        the forces (runtime/hessian_training.py: the dense solver, on the CPU).  A local model
         also takes geometries of several compositions: z (M, N) per frame, 0 for an empty slot
         (runtime/mixed.py), and then valid=(R, F, E, z).
 
@@ -334,7 +334,7 @@ class GDML:
                else "geometries of several compositions" if mixed.is_padded(z) else None)
         if why is not None:
             raise ValueError(f"training on Hessians is not available with {why} yet: train on forces only "
-                             "(drop the Hessians) or use a global model with the dense solver")
+                             "(drop the Hessians), or use the dense solver on one composition without a cluster")
         self.model.require_observations()
         if self.device != "cpu":
             self.set_device("cpu")
@@ -474,7 +474,8 @@ class GDML:
             except NonFiniteMatrixError as exc:
                 # no retry: a larger lambda cannot make NaN finite
                 raise NonFiniteMatrixError(
-                    f"{exc}{self._matrix_entry(exc.row, exc.column, D.shape[0], n_atoms)} with lambda {lam:g}; "
+                    f"{exc}{self._matrix_entry(exc.row, exc.column, D.shape[0], n_atoms, self.energy_constraints)} "
+                    f"with lambda {lam:g}; "
                     "the kernel may be 0/0 or overflow at this sigma (e.g. at d = d')") from None
             except NotPositiveDefiniteError as exc:
                 if attempt == MAX_JITTER_STEPS:
@@ -556,13 +557,19 @@ class GDML:
         return checkpoint
 
     @staticmethod
-    def _matrix_entry(row, column, m, n_atoms):
-        """' (training frame 3, atom 1 y with training frame 3, energy)' for a matrix entry, '' if None."""
+    def _matrix_entry(row, column, m, n_atoms, energy_rows=False):
+        """' (training frame 3, atom 1 y with training frame 3, energy)' for a matrix entry, '' if None;
+        rows after the force (and energy) rows are Hessian observations'."""
         if row is None:
             return ""
         n3 = 3 * n_atoms
+        first = n3 * m + (m if energy_rows else 0)  # the first Hessian row
+        entries = n3 * (n3 + 1) // 2
 
         def describe(index):
+            if index >= first:
+                observed, entry = divmod(index - first, entries)
+                return f"Hessian observation {observed}, entry {entry}"
             if index >= n3 * m:
                 return f"training frame {index - n3 * m}, energy"
             frame, rest = divmod(index, n3)

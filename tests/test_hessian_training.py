@@ -299,3 +299,12 @@ def test_local_model_on_hessians_matches_jax(energy_constraints):
     assert rel(H_pred[0], scale * np.asarray(jax.jacfwd(jax.jacfwd(energy))(x)).reshape(12, 12)) <= 1e-8
     _, F_train, H_train = model.predict(R, hessian=True)
     assert rel(H_train[[0, 2]], H) <= 1e-6 and rel(F_train, F) <= 1e-6
+
+
+def test_a_non_finite_entry_is_named_by_its_observation():
+    """Rows after the force and energy rows are named as Hessian observations and entries."""
+    T = 12 * 13 // 2
+    where = GDML._matrix_entry(24 + 2 + T + 5, 13, m=2, n_atoms=4, energy_rows=True)
+    assert where == " (Hessian observation 1, entry 5 with training frame 1, atom 0 y)"
+    assert GDML._matrix_entry(25, 24, m=2, n_atoms=4, energy_rows=True) == \
+        " (training frame 1, energy with training frame 0, energy)"

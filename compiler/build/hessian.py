@@ -152,7 +152,7 @@ def hessian_terms(layout, d, J, project, side, CT):
     """(J^T (d2E/dd2) J (3N, 3N), dE/dd (F,)) of the energy sum whose coefficients are CT (columns,
     MP) at the descriptor vector d with Jacobian J (F, 3N); ``project(columns, name)``: J^T columns
     (3N, MP).  The descriptor's own curvature is the caller's (it weights it by dE/dd)."""
-    basis = _Basis(d, side)
+    basis = BasisColumns(d, side.columns)
     n3 = J.shape[1]
     in_descriptor_space = descriptor_space_is_cheaper(layout, len(d), n3)
     # each basis vector as columns over training points, in descriptor space (F) or projected to
@@ -218,12 +218,13 @@ def energy_gradient(layout, CT, basis) -> np.ndarray:
     return total
 
 
-class _Basis:
-    """The basis vectors as columns over training points (F, MP; d: one column), each built once."""
+class BasisColumns:
+    """The basis vectors as columns over training points (F, MP; d: one column), each built once:
+    d, the training side's ``columns`` (dp, beta, gamma: a HessianSide's) and delta = d - dp."""
 
-    def __init__(self, d, side):
+    def __init__(self, d, columns):
         self.d = d
-        self._columns = {**side.columns, "d": d[:, None]}
+        self._columns = {**columns, "d": d[:, None]}
 
     def __getitem__(self, name):
         if name not in self._columns:  # delta = d - dp_m, formed in descriptor space: no cancellation in J^T
