@@ -133,12 +133,12 @@ class GDMLCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self.check_species(self.atoms)
         positions = self.atoms.get_positions() / self.length_factor  # in model length units
-        z = np.asarray(self.atoms.numbers) if self.any_atoms else None
+        atoms = {"z": np.asarray(self.atoms.numbers)} if self.any_atoms else {}  # a local model: these atoms
         if "hessian" in properties:
-            energy, forces, hessian = self.model.predict(positions, progress=False, hessian=True, z=z)
+            energy, forces, hessian = self.model.predict(positions, progress=False, hessian=True, **atoms)
             self.results["hessian"] = np.asarray(hessian) * (self.energy_factor / self.length_factor ** 2)
         else:
-            energy, forces = self.model.predict(positions, progress=False, z=z)
+            energy, forces = self.model.predict(positions, progress=False, **atoms)
         energy = float(energy) * self.energy_factor
         self.results["energy"] = energy
         self.results["free_energy"] = energy  # no electronic entropy: what ASE's optimisers may ask for

@@ -125,12 +125,14 @@ class GDML:
         self._timings: dict = {}
         self.set_device(device)
 
-    def set_device(self, device):
+    def set_device(self, device, hessians=False):
         """Train and predict on 'cpu' or 'cuda' (runtime/cuda_backend.py); a 'cuda' request
-        that cannot be met prints why and keeps the CPU."""
+        that cannot be met prints why and keeps the CPU.  ``hessians``: about to train on Hessian
+        observations (a model that has them is known from its state)."""
         from . import cuda_backend
+        hessians = hessians or (self._state is not None and self._state.hessian_observations)
         self.device = cuda_backend.resolve_device(device, energy_constraints=self.energy_constraints, local=self.local,
-                                                  hessians=self._state is not None and self._state.hessian_observations)
+                                                  hessians=hessians)
         self.backend = make_backend(self.device, self.model, self.descriptor_dsl, self.kernel_dsl, local=self.local)
         return self
 
@@ -336,9 +338,7 @@ class GDML:
             raise ValueError(f"training on Hessians is not available with {why} yet: train on forces only "
                              "(drop the Hessians), or use the dense solver on one composition without a cluster")
         self.model.require_observations()
-        if self.device != "cpu":
-            self.set_device("cpu")
-            self._report("training on Hessians runs on the CPU: the CUDA kernels have no Hessian observations")
+        self.set_device(self.device, hessians=True)  # the CUDA kernels have no Hessian observations: the CPU
         return H, H_frames
 
     def _fit(self, R, F, E, z, valid, hessians=None):

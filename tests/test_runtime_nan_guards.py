@@ -230,7 +230,8 @@ def test_validation_arrays_are_checked_before_any_work(ds, monkeypatch, case):
 
 
 def test_valid_must_be_a_tuple_of_arrays(ds):
-    with pytest.raises(ValueError, match=r"valid must be a tuple \(R, F\) or \(R, F, E\)"):
+    with pytest.raises(ValueError, match=r"valid must be a tuple \(R, F\), \(R, F, E\) or, for several "
+                                         r"compositions, \(R, F, E, z\)"):
         _model(sigma=[5.0, 10.0]).fit(*_train(ds), valid=ds.R[VALID])
 
 
