@@ -97,29 +97,39 @@ def potential(x):
     return jnp.sum(20.0 * (r - r0) ** 2 + jnp.exp(-2.0 * r))
 
 
-def trained_on_hessians(sigma=0.3, lam=1e-10, count=3, observed=(0, 2), energy_constraints=False):
-    R = geometries(count, seed=1, scale=0.08)
+def potential_labels(R, observed):
+    """Energies, forces and the Hessians of the frames ``observed`` of the pair potential at R."""
     E = np.array([potential(jnp.asarray(x)) for x in R])
     F = np.stack([-np.asarray(jax.grad(potential)(jnp.asarray(x))) for x in R])
     H = np.stack([np.asarray(jax.hessian(potential)(jnp.asarray(R[a]))).reshape(12, 12) for a in observed])
+    return E, F, H
+
+
+def trained_on_hessians(sigma=0.3, lam=1e-10, count=3, observed=(0, 2), energy_constraints=False):
+    R = geometries(count, seed=1, scale=0.08)
+    E, F, H = potential_labels(R, observed)
     model = GDML("inverse_distances", "gaussian", sigma=sigma, lam=lam, symmetries=PERMS4, progress=False,
                  energy_constraints=energy_constraints)
     return model.fit(R, F, E, Z4, H=H, H_frames=np.array(observed)), R, F, H
 
 
-def jax_energy(model):
-    """The trained model's energy (unscaled, no constant) written from its coefficients: with k the
-    symmetric kernel, E(x) = sum_b -grad_x' k(x, x_b) . alpha_b (+ e_b k(x, x_b) with energy weights
-    e_b) + sum_a sum_{r<=s} w_a,rs d2k/dx'_r dx'_s (x, x_a)."""
+def jax_symmetric_kernel(model):
+    """k(x, x') = sum_P k(D(x), D(x'[P])) in JAX, for the atoms Z4."""
     descriptor = model.model.descriptor.jax_function()
     kernel = model.model.kernel.jax_function()
-    sigma = model.sigma
     perms = [np.asarray(p) for p in model.perms]
 
     def k(x, xp):
         d = descriptor(x, Z4)
-        return sum(kernel(d, descriptor(xp[p], Z4), sigma=sigma) for p in perms)
+        return sum(kernel(d, descriptor(xp[p], Z4), sigma=model.sigma) for p in perms)
 
+    return k
+
+
+def jax_energy(model, k):
+    """The trained model's energy (unscaled, no constant) written from its coefficients with the
+    kernel k (JAX): E(x) = sum_b -grad_x' k(x, x_b) . alpha_b (+ e_b k(x, x_b) with energy weights
+    e_b) + sum_a sum_{r<=s} w_a,rs d2k/dx'_r dx'_s (x, x_a)."""
     iu, ju = np.triu_indices(12)
 
     def energy(x):
@@ -142,7 +152,7 @@ def test_prediction_matches_the_jax_energy_of_its_coefficients(energy_constraint
     a symmetry) at new geometries, against JAX derivatives of the energy written from its
     coefficients."""
     model, _, _, _ = trained_on_hessians(energy_constraints=energy_constraints)
-    energy = jax_energy(model)
+    energy = jax_energy(model, jax_symmetric_kernel(model))
     Q = geometries(2, seed=7, scale=0.08)
     E, F, H = model.predict(Q, hessian=True)
     for q, x in enumerate(Q):
@@ -261,9 +271,7 @@ def jax_local_kernel(model):
 def trained_local(energy_constraints=False):
     from test_local import radial
     R = geometries(3, seed=1, scale=0.08)
-    E = np.array([potential(jnp.asarray(x)) for x in R])
-    F = np.stack([-np.asarray(jax.grad(potential)(jnp.asarray(x))) for x in R])
-    H = np.stack([np.asarray(jax.hessian(potential)(jnp.asarray(R[a]))).reshape(12, 12) for a in (0, 2)])
+    E, F, H = potential_labels(R, (0, 2))
     model = GDML(radial, "gaussian", sigma=0.5, lam=1e-10, progress=False, energy_constraints=energy_constraints)
     return model.fit(R, F, E, Z4, H=H, H_frames=np.array([0, 2])), R, F, H
 
@@ -275,19 +283,7 @@ def test_local_model_on_hessians_matches_jax(energy_constraints):
     (+ e_b k) + sum_a sum_{r<=s} w_a,rs d2k/dx'_r dx'_s; and it reproduces its training Hessians."""
     model, R, F, H = trained_local(energy_constraints)
     assert model.local
-    k = jax_local_kernel(model)
-    iu, ju = np.triu_indices(12)
-
-    def energy(x):
-        total = 0.0
-        for b, (xb, ab) in enumerate(zip(model.R_train, model.alpha)):
-            total -= jax.jvp(lambda xp: k(x, xp), (jnp.asarray(xb),), (jnp.asarray(ab),))[1]
-            if model.energy_weights is not None:
-                total += model.energy_weights[b] * k(x, jnp.asarray(xb))
-        for xa, w in zip(model.R_hessian, model.hessian_weights):
-            hp = jax.jacfwd(jax.jacfwd(lambda xp: k(x, xp)))(jnp.asarray(xa)).reshape(12, 12)
-            total += jnp.sum(hp[iu, ju] * w)
-        return total
+    energy = jax_energy(model, jax_local_kernel(model))
 
     Q = geometries(1, seed=7, scale=0.08)
     E, F_pred, H_pred = model.predict(Q, hessian=True)
