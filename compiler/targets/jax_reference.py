@@ -109,14 +109,21 @@ def kernel_function(kir: KernelIR):
     return kernel
 
 
+def symmetric_kernel(descriptor, kernel):
+    """k(x, x', perms, z, hyper) = sum_P k(D(x), D(x'[perm])): the symmetric kernel of geometries."""
+    def energy_kernel(x, xp, perms, z, hyper):
+        d = descriptor(x, z)
+        return sum(kernel(d, descriptor(xp[np.asarray(p)], z), **hyper) for p in perms)
+
+    return energy_kernel
+
+
 def force_block_function(descriptor, kernel):
     """C(x, x') = sum_P d/dx d/dx'^T k(D(x), D(x'[perm])) by JAX AD, forward over forward:
     reverse mode would multiply the NaN derivative of a where()'s unselected branch by 0."""
     jax, jnp = _jax()
 
-    def energy_kernel(x, xp, perms, z, hyper):
-        d = descriptor(x, z)
-        return sum(kernel(d, descriptor(xp[np.asarray(p)], z), **hyper) for p in perms)
+    energy_kernel = symmetric_kernel(descriptor, kernel)
 
     def block(x, xp, perms, z, hyper):
         x, xp = jnp.asarray(x), jnp.asarray(xp)
@@ -133,9 +140,7 @@ def hessian_observation_blocks_function(descriptor, kernel):
     d2/dx2 d2/dx'2 k, shape (3N, 3N, 3N, 3N), and d2/dx2 k, shape (3N, 3N) (training on Hessians)."""
     jax, jnp = _jax()
 
-    def energy_kernel(x, xp, perms, z, hyper):
-        d = descriptor(x, z)
-        return sum(kernel(d, descriptor(xp[np.asarray(p)], z), **hyper) for p in perms)
+    energy_kernel = symmetric_kernel(descriptor, kernel)
 
     def blocks(x, xp, perms, z, hyper):
         x, xp = jnp.asarray(x), jnp.asarray(xp)
